@@ -1,0 +1,5 @@
+"""`python -m kit` runs the CLI."""
+
+from kit.cli import main
+
+main()

@@ -1,0 +1,277 @@
+"""Typed experiment configs: YAML in `experiments/` → pydantic objects, `--set` overrides, YAML dump.
+
+An experiment is one YAML file with the sections below. Unknown keys and bad values are errors that
+name the key and the file. `None` in a field means "the component's own default".
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kit.errors import ConfigError
+
+EXPERIMENTS_DIR = Path("experiments")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which dataset and how samples are drawn from it."""
+
+    root: str = "data/synthetic"
+    channels: Literal[1, 3] = 3
+    crop_size: int = Field(256, ge=32)
+    train_splits: list[str] = ["train"]
+    samples_per_epoch: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Section):
+    """A model from the registry (`kit.models.list_models()`); `params` go to its builder unchanged."""
+
+    name: str = "unet"
+    encoder: str = "resnet34"
+    pretrained: bool | str = False
+    params: dict[str, Any] = {}
+
+
+class TargetsConfig(_Section):
+    """Label image → training targets (body / touching border / background [+ full mask])."""
+
+    include_mask: bool = False
+    border_min_radius: int = Field(1, ge=1)
+    border_max_radius: int = Field(3, ge=1)
+    border_weight: float = Field(1.0, ge=0)
+
+
+class AugmentationStep(BaseModel):
+    """One augmentation: an albumentations class name or a kit transform, its probability and params."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    p: float = Field(1.0, ge=0, le=1)
+
+
+class LossConfig(_Section):
+    mode: Literal["softmax", "bce"] = "softmax"
+    ce_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    dice_channels: list[str] = ["body", "border"]
+    channel_weights: list[float] | None = None
+
+
+class TrainingConfig(_Section):
+    """Optimiser, schedule and loop settings."""
+
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(8, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: bool = True
+    channels_last: bool = True
+    seed: int = 0
+    folds: list[int] = [0, 1, 2, 3]
+    early_stopping_patience: int | None = Field(10, ge=1)
+    val_every: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    loss: LossConfig = LossConfig()
+
+
+class InferenceConfig(_Section):
+    """Test-time augmentation and tiling."""
+
+    tta: Literal["none", "flips", "d4"] = "none"
+    scales: list[float] = [1.0]
+    tile: int = Field(512, ge=32)
+    overlap: int = Field(64, ge=0)
+    batch_size: int = Field(4, ge=1)
+
+
+class PostprocessConfig(_Section):
+    """Probability maps → instances (marker-controlled watershed)."""
+
+    seed_threshold: float = Field(0.5, gt=0, lt=1)
+    mask_threshold: float = Field(0.5, gt=0, lt=1)
+    min_size: int = Field(10, ge=0)
+    fill_holes: bool = True
+    grow_with_mask: bool = True
+
+
+class TrackingConfig(_Section):
+    """Where runs go; `experiment` defaults to the config's name."""
+
+    experiment: str | None = None
+    log_checkpoints: bool = True
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment: one YAML file in `experiments/`."""
+
+    name: str
+    description: str = ""
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    targets: TargetsConfig = TargetsConfig()
+    augmentation: list[AugmentationStep] = []
+    training: TrainingConfig = TrainingConfig()
+    inference: InferenceConfig = InferenceConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ "):
+            raise ValueError("must be a non-empty name without slashes or spaces")
+        return v
+
+    @property
+    def mlflow_experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what gets logged with a run)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat_params(self) -> dict[str, str]:
+        """`section.key` → value strings, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = str(value)
+
+        d = self.to_dict()
+        aug = d.pop("augmentation")
+        walk("", d)
+        out["augmentation"] = ",".join(step["name"] for step in aug) or "none"
+        return out
+
+
+def available_experiments(directory: Path | None = None) -> list[str]:
+    """Names of the YAML experiments in `directory` (default `./experiments`)."""
+    directory = directory or EXPERIMENTS_DIR
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def resolve_experiment_path(exp: str | os.PathLike, directory: Path | None = None) -> Path:
+    """`exp` is a name in `experiments/` or a path to a YAML file; return the file or raise ConfigError."""
+    directory = directory or EXPERIMENTS_DIR
+    text = str(exp)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text or "/" in text:
+        if not path.is_file():
+            raise ConfigError(f"experiment file {path} does not exist")
+        return path
+    candidate = directory / f"{text}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = available_experiments(directory)
+    close = difflib.get_close_matches(text, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    listing = ", ".join(known) if known else f"none: {directory}/ has no .yaml files"
+    raise ConfigError(f"unknown experiment '{text}'.{hint} Known experiments: {listing}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse `section.key=value` (value in YAML syntax) into (["section", "key"], value)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with `--set` overrides applied (validation comes later)."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section_fields = _fields_at(err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), section_fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"unknown key '{loc}'{hint}")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return f"{source}: invalid config: " + "; ".join(lines)
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a raw dict into an ExperimentConfig, turning pydantic errors into a ConfigError."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_experiment(
+    exp: str | os.PathLike, overrides: list[str] | None = None, directory: Path | None = None
+) -> ExperimentConfig:
+    """Load an experiment by name or path, apply `section.key=value` overrides, validate."""
+    path = resolve_experiment_path(exp, directory)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an experiment must be a YAML mapping of sections")
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path))

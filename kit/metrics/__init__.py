@@ -1,0 +1,44 @@
+"""Metrics on label images: overlap/IoU matrix, DSB score, dataset evaluation, error taxonomy, plots.
+
+Label convention everywhere: H×W integer image, 0 = background, ids need not be sequential, objects
+never overlap. Every threshold is strict: a hit is IoU > t (the DSB rule, unlike StarDist/Cellpose >=).
+"""
+
+from kit.metrics.dsb import THRESHOLDS, dsb_precisions, dsb_score, hits_at, precision_at
+from kit.metrics.evaluation import Evaluation, bootstrap_ci, evaluate, image_metrics, summarize
+from kit.metrics.overlap import IoUMatrix, iou_matrix, label_overlap, label_overlap_reference
+from kit.metrics.overlay import save_overlay, tp_fp_fn_overlay
+from kit.metrics.plots import plot_ap_curves, plot_error_bars
+from kit.metrics.taxonomy import (
+    SIZE_BINS,
+    count_extra,
+    count_merges,
+    count_splits,
+    missed_by_size,
+)
+
+__all__ = [
+    "SIZE_BINS",
+    "THRESHOLDS",
+    "Evaluation",
+    "IoUMatrix",
+    "bootstrap_ci",
+    "count_extra",
+    "count_merges",
+    "count_splits",
+    "dsb_precisions",
+    "dsb_score",
+    "evaluate",
+    "hits_at",
+    "image_metrics",
+    "iou_matrix",
+    "label_overlap",
+    "label_overlap_reference",
+    "missed_by_size",
+    "plot_ap_curves",
+    "plot_error_bars",
+    "precision_at",
+    "save_overlay",
+    "summarize",
+    "tp_fp_fn_overlay",
+]
