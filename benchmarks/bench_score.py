@@ -81,8 +81,8 @@ def synthetic_pair(shape: tuple[int, int], n: int, rng: np.random.Generator) -> 
         if action[i] == "drop":
             continue
         label = ids[neighbour[i, 1]] if action[i] == "merge" else ids[i]
-        shift = rng.normal(0.0, 0.1 * radius, size=2)
-        scale = rng.uniform(0.85, 1.15, size=2)
+        shift = rng.normal(0.0, 0.05 * radius, size=2)
+        scale = rng.uniform(0.9, 1.1, size=2)
         _paint(pred, centers[i] + shift, radii[i] * scale, rotations[i], label)
     for j in range(n // 10):  # extra objects
         center = rng.uniform((0, 0), shape)

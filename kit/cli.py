@@ -63,9 +63,10 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data
+    from kit.commands import data, score
 
     app.add_typer(data.app, name="data")
+    app.command("score")(score.score_command)
 
 
 _register_commands()

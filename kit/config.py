@@ -66,7 +66,7 @@ class LossConfig(_Section):
     ce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
     dice_channels: list[str] = ["body", "border"]
-    channel_weights: list[float] | None = None
+    channel_weights: dict[str, float] | None = None
 
 
 class TrainingConfig(_Section):

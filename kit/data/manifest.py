@@ -75,7 +75,9 @@ def _validated(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Check columns and values; return a copy with canonical column order and dtypes."""
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"{name}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
+        raise DataError(
+            f"{name}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}"
+        )
     out = frame[list(MANIFEST_COLUMNS)].copy()
     for col in _TEXT_COLUMNS:
         out[col] = out[col].astype(str)
@@ -108,7 +110,7 @@ def _validated(frame: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def _to_int(column: pd.Series, col: str, name: str, ids: pd.Series, *, nullable: bool) -> pd.Series:
-    text = column.astype(str).str.strip().replace({"nan": "", "<NA>": "", "None": ""})
+    text = column.astype(object).where(column.notna(), "").astype(str).str.strip()
     empty = text == ""
     numbers = pd.to_numeric(text.where(~empty), errors="coerce")
     bad = (numbers.isna() & ~empty) | (numbers.notna() & (numbers % 1 != 0))

@@ -266,7 +266,7 @@ def _render_brightfield(
     chromatin = np.clip(1.0 + rng.uniform(0.1, 0.3) * texture, 0.3, None)
     hema = density[labels] * (0.8 + 0.2 * (1.0 - dist)) * chromatin + 0.03
     tissue = _smooth_noise(rng, shape, rng.uniform(4.0, 10.0))
-    eosin = np.clip(rng.uniform(0.15, 0.35) + 0.15 * tissue + 0.05 * texture, 0.0, None)
+    eosin = np.clip(rng.uniform(0.1, 0.3) + 0.12 * tissue + 0.04 * texture, 0.0, None)
     psf = rng.uniform(0.6, 1.5)
     optical_density = (
         ndi.gaussian_filter(hema, psf)[:, :, None] * stain_h

@@ -6,7 +6,13 @@ never overlap. Every threshold is strict: a hit is IoU > t (the DSB rule, unlike
 
 from kit.metrics.dsb import THRESHOLDS, dsb_precisions, dsb_score, hits_at, precision_at
 from kit.metrics.evaluation import Evaluation, bootstrap_ci, evaluate, image_metrics, summarize
-from kit.metrics.overlap import IoUMatrix, iou_matrix, label_overlap, label_overlap_reference
+from kit.metrics.overlap import (
+    IoUMatrix,
+    check_label_image,
+    iou_matrix,
+    label_overlap,
+    label_overlap_reference,
+)
 from kit.metrics.overlay import save_overlay, tp_fp_fn_overlay
 from kit.metrics.plots import plot_ap_curves, plot_error_bars
 from kit.metrics.taxonomy import (
@@ -23,6 +29,7 @@ __all__ = [
     "Evaluation",
     "IoUMatrix",
     "bootstrap_ci",
+    "check_label_image",
     "count_extra",
     "count_merges",
     "count_splits",

@@ -13,7 +13,7 @@ Aggregation over images:
 Zero denominators follow the DSB empty policy: a ratio over nothing is 1.0 when there is neither truth
 nor prediction (image F1, Dice, pooled precision/recall/F1) and 0.0 otherwise, so a model that
 predicts nothing on an image with nuclei gets precision 0, and an image with no nuclei and no
-prediction counts as perfect.
+prediction counts as perfect. `missed_rate_0.7` is 0.0 when there are no truth objects.
 """
 
 from __future__ import annotations

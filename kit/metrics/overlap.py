@@ -35,6 +35,8 @@ def check_label_image(labels: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}{hint}")
     if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
         raise ValueError(f"{name} has negative labels (min {arr.min()}); 0 is background, objects are > 0")
+    if not arr.dtype.isnative:  # e.g. big-endian TIFF data; the compiled kernels need native byte order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
@@ -92,8 +94,8 @@ def _overlap_kernel(t_flat, p_flat, t_lut, p_lut, n_t, n_p):
 def label_overlap_reference(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Slow, obvious `label_overlap` (one boolean mask per pair of ids), kept to test the fast one."""
     truth, pred = np.asarray(truth), np.asarray(pred)
-    truth_ids = np.union1d([0], np.unique(truth)).astype(truth.dtype)
-    pred_ids = np.union1d([0], np.unique(pred)).astype(pred.dtype)
+    truth_ids = np.union1d(np.zeros(1, truth.dtype), truth)
+    pred_ids = np.union1d(np.zeros(1, pred.dtype), pred)
     counts = np.zeros((truth_ids.size, pred_ids.size), dtype=np.int64)
     for i, t in enumerate(truth_ids):
         for j, p in enumerate(pred_ids):

@@ -1,5 +1,19 @@
-"""RLE and the submission CSV: encode/decode masks, write, read and validate `ImageId,EncodedPixels` files."""
+"""RLE and the submission CSV: encode/decode masks, write, read and validate ``ImageId,EncodedPixels`` files.
 
+Conventions (1-based, column-major pixel numbering; strict RLE strings) are in `kit.submission.rle`;
+the file format and row numbering are in `kit.submission.csvfile`.
+"""
+
+from kit.submission.csvfile import (
+    HEADER,
+    OPTIONAL_COLUMNS,
+    SubmissionProblem,
+    check_submission,
+    read_rle_csv,
+    read_submission_labels,
+    validate_submission,
+    write_submission,
+)
 from kit.submission.rle import (
     decode_labels,
     decode_labels_reference,
@@ -11,6 +25,10 @@ from kit.submission.rle import (
 )
 
 __all__ = [
+    "HEADER",
+    "OPTIONAL_COLUMNS",
+    "SubmissionProblem",
+    "check_submission",
     "decode_labels",
     "decode_labels_reference",
     "decode_rle",
@@ -18,4 +36,8 @@ __all__ = [
     "encode_labels",
     "encode_labels_reference",
     "encode_mask",
+    "read_rle_csv",
+    "read_submission_labels",
+    "validate_submission",
+    "write_submission",
 ]

@@ -38,10 +38,9 @@ __all__ = [
     "encode_mask",
 ]
 
-_RLE_PATTERN = re.compile(r"[0-9]+(?: +[0-9]+)*", re.ASCII)
 # Values are parsed as int64; at most 18 digits keep start + length far from overflow.
 _MAX_DIGITS = 18
-_TOO_LONG = re.compile(f"[0-9]{{{_MAX_DIGITS + 1}}}")
+_RLE_PATTERN = re.compile(f"[0-9]{{1,{_MAX_DIGITS}}}(?: +[0-9]{{1,{_MAX_DIGITS}}})*", re.ASCII)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,6 +121,8 @@ def encode_labels(labels: np.ndarray) -> dict[int, str]:
     """
     arr = _as_kernel_labels(labels, "labels")
     starts, lengths, run_labels = _runs(arr)
+    if not run_labels.size:
+        return {}
     order = np.argsort(run_labels, kind="stable")
     run_labels = run_labels[order]
     pairs = np.empty(2 * order.size, np.int64)
@@ -132,7 +133,7 @@ def encode_labels(labels: np.ndarray) -> dict[int, str]:
     ends = np.r_[first[1:], run_labels.size]
     return {
         label: " ".join(tokens[2 * a : 2 * b])
-        for label, a, b in zip(run_labels[first].tolist(), first.tolist(), ends.tolist())
+        for label, a, b in zip(run_labels[first].tolist(), first.tolist(), ends.tolist(), strict=True)
     }
 
 
@@ -176,7 +177,7 @@ def _parse_values(rle: str) -> np.ndarray:
     text = rle.strip()
     if not text:
         return np.empty(0, np.int64)
-    if _RLE_PATTERN.fullmatch(text) is None or _TOO_LONG.search(text):
+    if _RLE_PATTERN.fullmatch(text) is None:
         for k, token in enumerate(text.split(), start=1):
             if not (token.isascii() and token.isdigit()):
                 raise ValueError(f"value {k} ({token!r}) is not a non-negative integer")
@@ -210,7 +211,10 @@ def _first_run_problems(
         (starts < 1, "pixel pair {k}: start {s} is below 1 (pixels are numbered from 1)"),
         (lengths < 1, "pixel pair {k}: length {l} is below 1"),
         (same_group & (starts < prev_start), "pixel pair {k} not sorted (start {s} comes after start {ps})"),
-        (same_group & (starts < prev_end), "pixel pair {k} overlaps pair {kp} (start {s}, but pair {kp} runs to pixel {pl})"),
+        (
+            same_group & (starts < prev_end),
+            "pixel pair {k} overlaps pair {kp} (start {s}, but pair {kp} runs to pixel {pl})",
+        ),
         (
             (n_pixels >= 0) & (starts + lengths - 1 > n_pixels),
             "pixel pair {k} (start {s}, length {l}) runs past pixel {n}, the last of the image",
@@ -281,7 +285,7 @@ def decode_rle(rle: str, shape: tuple[int, int]) -> np.ndarray:
     if not isinstance(rle, str):
         raise ValueError(f"rle must be a string, got {type(rle).__name__}")
     values = _parse_values(rle)
-    starts, lengths = values[0::2], values[1::2]
+    starts, lengths = np.ascontiguousarray(values.reshape(-1, 2).T)
     problems = _first_run_problems(starts, lengths, np.zeros(starts.size, np.int64), h * w)
     if problems:
         raise ValueError(problems[0])
@@ -291,11 +295,11 @@ def decode_rle(rle: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def decode_labels(rles: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
-    """Decode RLE strings into one int32 H×W label image: instance ``i + 1`` is ``rles[i]``.
+    """Decode RLE strings into one int32 H×W label image, instance k being the k-th non-empty string.
 
-    Empty strings are skipped and ids stay consecutive over the non-empty ones (so with
-    ``["1 2", "", "5 1"]`` the third string gets id 2). Every string is checked as in `decode_rle`;
-    two strings sharing a pixel raise ``ValueError`` naming both indices.
+    Without empty strings ``rles[i]`` gets id ``i + 1``; empty strings are skipped and ids stay
+    consecutive over the others (with ``["1 2", "", "5 1"]`` the third string gets id 2). Every string is
+    checked as in `decode_rle`; two strings sharing a pixel raise ``ValueError`` naming both indices.
     """
     h, w = _check_shape(shape)
     values = []
@@ -315,7 +319,7 @@ def decode_labels(rles: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
         return out
     counts = np.array([v.size // 2 for v in values])
     flat = np.concatenate(values)
-    starts, lengths = flat[0::2], flat[1::2]
+    starts, lengths = np.ascontiguousarray(flat.reshape(-1, 2).T)
     run_labels = np.repeat(np.arange(1, len(values) + 1, dtype=np.int32), counts)
     problems = _first_run_problems(starts, lengths, run_labels, h * w)
     if problems:
@@ -336,7 +340,7 @@ def decode_rle_reference(rle: str, shape: tuple[int, int]) -> np.ndarray:
     starts = np.asarray(s[0::2], dtype=np.int64) - 1
     lengths = np.asarray(s[1::2], dtype=np.int64)
     flat = np.zeros(h * w, dtype=bool)
-    for lo, n in zip(starts, lengths):
+    for lo, n in zip(starts, lengths, strict=False):
         flat[lo : lo + n] = True
     return flat.reshape(w, h).T
 

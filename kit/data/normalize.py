@@ -1,0 +1,39 @@
+"""The one image normalisation that feeds every model.
+
+Training (`kit.data.torch_dataset`) and inference both call `normalize_image` and nothing else, so a
+model always sees the same input distribution whatever the stored dtype (uint8, uint16, float) or the
+number of channels (grey, RGB, RGBA) of an image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def normalize_image(image: np.ndarray, channels: int = 3, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Model input for `image`: uint8 H×W×`channels`.
+
+    Steps: drop the alpha channel (of RGBA or grey+alpha); convert grey to `channels` by repeating it,
+    or RGB to grey by the channel mean when `channels` is 1; then stretch intensities linearly so that
+    the `low` and `high` percentiles of this image (over all its channels together, which keeps colour
+    balance) map to 0 and 255, clipping outside. A constant image maps to 0.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] in (2, 4):
+        img = img[:, :, :-1]
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise ValueError(f"expected an H×W, H×W×1, H×W×3 or H×W×4 image, got shape {np.shape(image)}")
+    img = img.astype(np.float32)
+    if channels == 1 and img.shape[2] == 3:
+        img = img.mean(axis=2, keepdims=True)
+    lo, hi = np.percentile(img, [low, high])
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.clip((img - lo) * scale, 0.0, 255.0)
+    out = (out + 0.5).astype(np.uint8)
+    if out.shape[2] != channels:
+        out = np.repeat(out, channels, axis=2)
+    return out

@@ -1,0 +1,16 @@
+"""Inference building blocks: TTA, tiled prediction with blending, post-processing to label images."""
+
+from kit.inference.postprocess import instances_from_probs
+from kit.inference.tiling import model_predictor, predict_tiled, probabilities
+from kit.inference.tta import TTA_MODES, d4_forward, d4_inverse, predict_tta
+
+__all__ = [
+    "TTA_MODES",
+    "d4_forward",
+    "d4_inverse",
+    "instances_from_probs",
+    "model_predictor",
+    "predict_tiled",
+    "predict_tta",
+    "probabilities",
+]

@@ -1,0 +1,75 @@
+"""A trained network (or several fold models, averaged) as a function: normalised image → probability maps.
+
+Composes the building blocks in one place: tensor conversion, tiling with Gaussian blending (any size),
+test-time augmentation, averaging over models. Post-processing is kept apart
+(`kit.inference.postprocess.instances_from_probs`) so thresholds can be re-tuned on cached maps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from kit.inference.tiling import model_predictor, predict_tiled
+from kit.inference.tta import predict_tta
+
+
+class Predictor:
+    """Probability maps (K, H, W) float32 for a normalised uint8 H×W×C image.
+
+    `models` share channels and input channels (e.g. the K fold models of one experiment); their
+    probabilities are averaged. `mode` is the loss mode the models were trained with ("softmax"/"bce").
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        *,
+        mode: str = "softmax",
+        tta: str = "none",
+        scales: Sequence[float] = (1.0,),
+        tile: int = 512,
+        overlap: int = 64,
+        batch_size: int = 4,
+        device: torch.device | str | None = None,
+        amp: bool = True,
+    ) -> None:
+        if not models:
+            raise ValueError("Predictor needs at least one model")
+        self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
+        self.models = [m.to(self.device).eval() for m in models]
+        cfg = self.models[0].kit_cfg
+        self.channels: tuple[str, ...] = tuple(cfg["channels"])
+        self.in_channels: int = int(cfg["in_channels"])
+        self.multiple: int = int(cfg["output_stride"])
+        self._fns = [model_predictor(m, mode) for m in self.models]
+        self.tta, self.scales = tta, tuple(scales)
+        self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
+        self.amp = amp and self.device.type == "cuda"
+
+    def image_tensor(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 H×W×C → float32 (1, C, H, W) in [0, 1] on the predictor's device."""
+        if image.ndim != 3 or image.shape[2] != self.in_channels:
+            raise ValueError(f"expected an H×W×{self.in_channels} image, got shape {image.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+        return tensor.unsqueeze(0).to(self.device)
+
+    @torch.no_grad()
+    def predict_probs(self, image: np.ndarray) -> np.ndarray:
+        """Averaged probability maps (K, H, W) of one normalised uint8 H×W×C image."""
+        x = self.image_tensor(image)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        total = None
+        with autocast:
+            for fn in self._fns:
+                tiled = lambda t, fn=fn: predict_tiled(  # noqa: E731 - binds this model's fn
+                    fn, t, tile=self.tile, overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size
+                )
+                probs = predict_tta(tiled, x, self.tta, self.scales)
+                total = probs if total is None else total + probs
+        assert total is not None
+        return (total / len(self._fns))[0].float().cpu().numpy()

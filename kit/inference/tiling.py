@@ -1,0 +1,138 @@
+"""Whole-image prediction at any size: padding to the network stride, overlapping tiles, blending.
+
+Large images are cut into overlapping tiles whose predictions are blended with Gaussian weights
+(seed 004: centre pixels, which saw the most context, dominate; no seams). A tile's pixels within
+`overlap // 4` of an edge shared with another tile get zero weight, so their truncated context never
+leaks into the result while the neighbouring tile covers them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.errors import ConfigError
+
+SOFTMAX_GROUP = ("body", "border", "background")
+PROB_MODES = ("softmax", "bce")
+
+PredictFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def probabilities(logits: torch.Tensor, channels: Sequence[str], mode: str = "softmax") -> torch.Tensor:
+    """Logits (N, K, H, W) → float32 probabilities (N, K, H, W).
+
+    "softmax": softmax over the exclusive channels of `SOFTMAX_GROUP` present in `channels` (at least
+    two), sigmoid for every other channel (e.g. "mask"). "bce": sigmoid for every channel.
+    """
+    if mode not in PROB_MODES:
+        raise ConfigError(f"unknown probability mode {mode!r}; choose one of {', '.join(PROB_MODES)}")
+    if logits.shape[1] != len(channels):
+        raise ConfigError(f"logits have {logits.shape[1]} channels but {len(channels)} names: {channels}")
+    logits = logits.float()
+    if mode == "bce":
+        return torch.sigmoid(logits)
+    group = [i for i, name in enumerate(channels) if name in SOFTMAX_GROUP]
+    if len(group) < 2:
+        raise ConfigError(f"softmax mode needs at least two of {SOFTMAX_GROUP} in channels, got {channels}")
+    probs = torch.sigmoid(logits)
+    probs[:, group] = torch.softmax(logits[:, group], dim=1)
+    return probs
+
+
+def model_predictor(model: nn.Module, mode: str = "softmax") -> PredictFn:
+    """A `predict_fn` for `predict_tiled` / `predict_tta`: moves each batch to the model's device and
+    returns probabilities for `model.kit_cfg["channels"]`. Put the model in eval mode first."""
+    device = next(model.parameters()).device
+    channels = model.kit_cfg["channels"]
+    return lambda x: probabilities(model(x.to(device)), channels, mode)
+
+
+def _ceil_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
+    """Pad `amount` pixels after the end of spatial `dim` (-2 or -1): reflect, or replicate when
+    reflection would run past the image."""
+    if amount == 0:
+        return x
+    pad = (0, amount, 0, 0) if dim == -1 else (0, 0, 0, amount)
+    return F.pad(x, pad, mode="reflect" if amount < x.shape[dim] else "replicate")
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spaced tile starts covering `length`, consecutive tiles sharing at least `overlap`."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / (tile - overlap)) + 1
+    return [i * (length - tile) // (n - 1) for i in range(n)]
+
+
+def _weights_1d(tile: int, start: int, length: int, margin: int) -> torch.Tensor:
+    """Gaussian profile (sigma = tile / 8) of one tile along one axis, zero within `margin` of an
+    edge that another tile covers."""
+    i = torch.arange(tile, dtype=torch.float32)
+    w = torch.exp(-0.5 * ((i - (tile - 1) / 2) / (tile / 8)) ** 2)
+    if margin:
+        if start > 0:
+            w[:margin] = 0
+        if start + tile < length:
+            w[-margin:] = 0
+    return w
+
+
+@torch.no_grad()
+def predict_tiled(
+    predict_fn: PredictFn,
+    image: torch.Tensor,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    multiple: int = 32,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Predict probabilities for an image of any size.
+
+    `image`: float32 (N, C, H, W). It is padded at the bottom/right to a multiple of `multiple` (the
+    network stride, `model.kit_cfg["output_stride"]`); a padded image no larger than `tile` is predicted
+    whole, a larger one in overlapping `tile`² tiles (`tile` rounded down to the multiple, `batch_size`
+    tiles per call) blended with Gaussian weights. `predict_fn` maps (B, C, h, w) to probabilities
+    (B, K, h, w). Returns float32 (N, K, H, W) on the device `predict_fn` returns.
+    """
+    if multiple < 1 or tile < 1 or batch_size < 1 or overlap < 0:
+        raise ConfigError(
+            f"tiling needs multiple, tile, batch_size >= 1 and overlap >= 0; got multiple={multiple}, "
+            f"tile={tile}, batch_size={batch_size}, overlap={overlap}"
+        )
+    tile = max(multiple, tile // multiple * multiple)
+    if overlap >= tile:
+        raise ConfigError(f"tile overlap {overlap} must be smaller than the tile ({tile})")
+    n, _, h, w = image.shape
+    hp, wp = _ceil_to(h, multiple), _ceil_to(w, multiple)
+    padded = _pad_end(_pad_end(image, -2, hp - h), -1, wp - w)
+    th, tw = min(tile, hp), min(tile, wp)
+    ys, xs = _starts(hp, th, overlap), _starts(wp, tw, overlap)
+    if len(ys) == len(xs) == 1:
+        return predict_fn(padded).float()[..., :h, :w]
+
+    margin = overlap // 4
+    wy = {y: _weights_1d(th, y, hp, margin) for y in ys}
+    wx = {x: _weights_1d(tw, x, wp, margin) for x in xs}
+    windows = [(y, x) for y in ys for x in xs]
+    out = weight = None
+    for i in range(0, len(windows), batch_size):
+        group = windows[i : i + batch_size]
+        probs = predict_fn(torch.cat([padded[..., y : y + th, x : x + tw] for y, x in group])).float()
+        if out is None:
+            out = probs.new_zeros((n, probs.shape[1], hp, wp))
+            weight = probs.new_zeros((1, 1, hp, wp))
+        for j, (y, x) in enumerate(group):
+            wt = torch.outer(wy[y], wx[x]).to(probs.device)
+            out[..., y : y + th, x : x + tw] += probs[j * n : (j + 1) * n] * wt
+            weight[..., y : y + th, x : x + tw] += wt
+    return (out / weight)[..., :h, :w]

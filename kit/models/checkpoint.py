@@ -1,0 +1,92 @@
+"""Checkpoints that rebuild their model from the registry, with no training code.
+
+A checkpoint is a `torch.save`d dict: {"format", "state_dict", "model_name", "model_kwargs", "config",
+"extra"}. It holds only tensors and plain Python values, so it loads with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kit.errors import KitError
+from kit.models.registry import create_model
+
+FORMAT = "kit-checkpoint-1"
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, config: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Path:
+    """Write `model`'s weights, how to rebuild it, the resolved `config` and `extra` to `path` atomically.
+
+    `model` must come from a registered builder (it carries `kit_cfg["model_name"]`). `config` and
+    `extra` must hold plain values (dict, list, tuple, str, int, float, bool, None, tensors).
+    The encoder's `pretrained` argument is not stored: the weights are in the checkpoint.
+    """
+    path = Path(path)
+    model = _unwrap(model)
+    cfg = getattr(model, "kit_cfg", {})
+    if "model_name" not in cfg:
+        raise KitError(f"cannot checkpoint {type(model).__name__} to {path}: build it with create_model")
+    model_kwargs = {k: v for k, v in cfg["model_kwargs"].items() if k != "pretrained"}
+    payload = {
+        "format": FORMAT,
+        "state_dict": model.state_dict(),
+        "model_name": cfg["model_name"],
+        "model_kwargs": model_kwargs,
+        "config": config,
+        "extra": extra or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The registered model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Rebuild the model saved at `path` (in eval mode) and return (model, config, extra).
+
+    Raises `KitError` naming the file when it is missing, unreadable or not a kit checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KitError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise KitError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise KitError(f"{path} is not a kit checkpoint (expected format {FORMAT!r})")
+    model = create_model(payload["model_name"], **payload["model_kwargs"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise KitError(f"checkpoint {path} does not fit model {payload['model_name']!r}: {e}") from e
+    model.to(map_location).eval()
+    return model, payload["config"], payload["extra"]

@@ -1,0 +1,1 @@
+"""Training: trainer loop, losses, optimisers and schedules, checkpoints."""

@@ -1,0 +1,293 @@
+"""The training loop of one fold: optimiser steps on random crops, validation mAP each epoch,
+best/last checkpoints, early stopping, resume, AMP and channels-last on CUDA, DDP under torchrun.
+
+MLflow stays outside: the loop reports each epoch's numbers through `on_epoch` and writes checkpoints
+to `work_dir`; the stage (`kit.training.stage`) logs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from kit.config import ExperimentConfig
+from kit.inference.postprocess import instances_from_probs
+from kit.inference.predictor import Predictor
+from kit.metrics import dsb_score
+from kit.models.checkpoint import load_checkpoint, save_checkpoint
+from kit.training.data import TrainingCrops, worker_init
+from kit.training.distributed import DistContext
+from kit.training.losses import SegmentationLoss
+from kit.training.optim import build_optimizer, build_scheduler
+
+ValImage = tuple[str, np.ndarray, np.ndarray]  # id, normalised uint8 image, labels
+
+
+@dataclass
+class FitResult:
+    """What a finished fit leaves behind."""
+
+    best_epoch: int
+    best_val_map: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None
+
+
+def postprocess_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The post-processing config as `instances_from_probs` keyword arguments."""
+    return cfg.postprocess.model_dump()
+
+
+def build_loss(cfg: ExperimentConfig) -> SegmentationLoss:
+    """The loss of `cfg.training.loss` for `cfg.targets`."""
+    loss = cfg.training.loss
+    return SegmentationLoss(
+        loss.mode,
+        ce_weight=loss.ce_weight,
+        dice_weight=loss.dice_weight,
+        dice_channels=loss.dice_channels,
+        channel_weights=loss.channel_weights,
+        use_pixel_weights=cfg.targets.border_weight != 1.0,
+        include_mask=cfg.targets.include_mask,
+    )
+
+
+def validation_map(
+    predictor: Predictor, images: Sequence[ValImage], postprocess: dict[str, Any]
+) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean DSB score over whole validation images and the predicted label images by id."""
+    scores, predicted = [], {}
+    for image_id, image, labels in images:
+        probs = predictor.predict_probs(image)
+        pred = instances_from_probs(probs, predictor.channels, **postprocess)
+        predicted[image_id] = pred
+        scores.append(dsb_score(labels, pred))
+    return (float(np.mean(scores)) if scores else float("nan")), predicted
+
+
+class Trainer:
+    """Fits one model on one fold; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        model: nn.Module,
+        train_set: TrainingCrops,
+        val_set: TrainingCrops | None,
+        val_images: Sequence[ValImage],
+        *,
+        work_dir: Path,
+        device: torch.device,
+        dist: DistContext,
+        on_epoch: Callable[[dict[str, float], int], None] | None = None,
+        on_checkpoint: Callable[[Path], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.tcfg = cfg, cfg.training
+        self.device, self.dist = device, dist
+        self.work_dir = work_dir
+        self.on_epoch, self.on_checkpoint = on_epoch, on_checkpoint
+        self.progress = progress and dist.is_main
+        self.use_amp = self.tcfg.amp and device.type == "cuda"
+        self.model = model.to(device)
+        if self.tcfg.channels_last and device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = dist.wrap(self.model)
+        self.loss_fn = build_loss(cfg).to(device)
+        self.train_set, self.val_set, self.val_images = train_set, val_set, list(val_images)
+        self.sampler = DistributedSampler(train_set, shuffle=True, seed=self.tcfg.seed) if dist.enabled else None
+        self.loader = DataLoader(
+            train_set,
+            batch_size=self.tcfg.batch_size,
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            worker_init_fn=worker_init,
+            drop_last=len(train_set) >= self.tcfg.batch_size,
+            pin_memory=device.type == "cuda",
+        )
+        self.steps_per_epoch = len(self.loader)
+        if self.tcfg.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, self.tcfg.max_steps_per_epoch)
+        total = self.steps_per_epoch * self.tcfg.epochs
+        self.optimizer = build_optimizer(self.model, self.tcfg.optimizer, self.tcfg.lr, self.tcfg.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            total,
+            schedule=self.tcfg.schedule,
+            warmup_steps=round(self.tcfg.warmup_epochs * self.steps_per_epoch),
+            step_size=self.tcfg.step_size * self.steps_per_epoch,
+            gamma=self.tcfg.gamma,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.best_epoch, self.best_val_map = -1, -math.inf
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 0
+        self.best_path, self.last_path = work_dir / "best.pt", work_dir / "last.pt"
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_epoch": self.best_epoch,
+            "best_val_map": self.best_val_map,
+            "history": self.history,
+        }
+
+    def resume_from(self, last_checkpoint: Path) -> None:
+        """Continue after the epoch saved in `last_checkpoint` (a `last.pt` written by this trainer)."""
+        model, _, extra = load_checkpoint(last_checkpoint, map_location=self.device)
+        self.model.load_state_dict(model.state_dict())
+        state = extra["training_state"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.best_epoch, self.best_val_map = int(state["best_epoch"]), float(state["best_val_map"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"]) + 1
+        if self.best_epoch >= 0 and not self.best_path.exists():
+            # The best weights live in their own file; without it, the last weights stand in for them.
+            save_checkpoint(self.best_path, self.model, self.cfg.to_dict(), {"epoch": self.best_epoch})
+
+    # -- loop -------------------------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        """Train from `start_epoch` to the configured number of epochs (or early stop)."""
+        patience = self.tcfg.early_stopping_patience
+        stopped_early = False
+        for epoch in range(self.start_epoch, self.tcfg.epochs):
+            started = time.perf_counter()
+            torch.manual_seed(self.tcfg.seed * 1000 + epoch)
+            self.train_set.set_epoch(epoch)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            train_loss = self._train_epoch(epoch)
+            record: dict[str, float] = {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"]}
+            if (epoch + 1) % self.tcfg.val_every == 0 or epoch + 1 == self.tcfg.epochs:
+                record.update(self._validate())
+            record["epoch_time"] = time.perf_counter() - started
+            self.dist.barrier()
+            if self.dist.is_main:
+                self._after_epoch(epoch, record)
+            self.dist.barrier()
+            if patience and epoch - max(self.best_epoch, 0) >= patience and self.best_epoch >= 0:
+                stopped_early = True
+                break
+        return FitResult(
+            best_epoch=self.best_epoch,
+            best_val_map=self.best_val_map,
+            epochs_run=len(self.history),
+            stopped_early=stopped_early,
+            history=self.history,
+            best_checkpoint=self.best_path if self.best_path.exists() else None,
+            last_checkpoint=self.last_path if self.last_path.exists() else None,
+        )
+
+    def _train_epoch(self, epoch: int) -> float:
+        self.net.train()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else contextlib.nullcontext()
+        losses: list[float] = []
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.tcfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step, batch in enumerate(self.loader):
+            if step >= self.steps_per_epoch:
+                break
+            image = batch["image"].to(self.device, non_blocking=True)
+            if self.tcfg.channels_last and self.device.type == "cuda":
+                image = image.contiguous(memory_format=torch.channels_last)
+            targets = batch["targets"].to(self.device, non_blocking=True)
+            weights = batch["weights"].to(self.device) if self.loss_fn.use_pixel_weights else None
+            with autocast:
+                logits = self.net(image)
+            loss = self.loss_fn(logits.float(), targets, weights)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower training.lr "
+                    f"(now {self.tcfg.lr}) or enable training.grad_clip"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.tcfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        bar.close()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        if not self.dist.is_main:
+            return {}
+        self.model.eval()
+        out: dict[str, float] = {}
+        if self.val_set is not None and len(self.val_set):
+            self.val_set.set_epoch(0)  # the same crops every epoch, so val_loss is comparable
+            losses = []
+            for i in range(len(self.val_set)):
+                item = self.val_set[i]
+                logits = self.model(item["image"][None].to(self.device))
+                weights = item["weights"][None].to(self.device) if self.loss_fn.use_pixel_weights else None
+                losses.append(self.loss_fn(logits.float(), item["targets"][None].to(self.device), weights).item())
+            out["val_loss"] = float(np.mean(losses))
+        if self.val_images:
+            predictor = self.predictor()
+            out["val_map"], _ = validation_map(predictor, self.val_images, postprocess_kwargs(self.cfg))
+        return out
+
+    def predictor(self) -> Predictor:
+        """A predictor over the current weights with the experiment's inference settings (no TTA)."""
+        inf = self.cfg.inference
+        return Predictor(
+            [self.model],
+            mode=self.cfg.training.loss.mode,
+            tile=inf.tile,
+            overlap=inf.overlap,
+            batch_size=inf.batch_size,
+            device=self.device,
+            amp=self.tcfg.amp,
+        )
+
+    def _after_epoch(self, epoch: int, record: dict[str, float]) -> None:
+        record = {"epoch": float(epoch), **record}
+        score = record.get("val_map", -record.get("val_loss", math.inf))
+        improved = score > self.best_val_map
+        if improved:
+            self.best_epoch, self.best_val_map = epoch, float(score)
+            record["best_val_map"] = float(score)
+        self.history.append(record)
+        config = self.cfg.to_dict()
+        if improved:
+            save_checkpoint(self.best_path, self.model, config, {"epoch": epoch, "val_map": record.get("val_map")})
+        save_checkpoint(self.last_path, self.model, config, {"epoch": epoch, "training_state": self._state(epoch)})
+        if self.on_epoch is not None:
+            self.on_epoch(record, epoch)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.last_path)
+            if improved:
+                self.on_checkpoint(self.best_path)
