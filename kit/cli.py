@@ -63,10 +63,13 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data, score
+    from kit.commands import data, runs, score, train
 
-    app.add_typer(data.app, name="data")
+    app.command("train")(train.train_command)
     app.command("score")(score.score_command)
+    app.command("runs")(runs.runs_command)
+    app.command("ui")(runs.ui_command)
+    app.add_typer(data.app, name="data")
 
 
 _register_commands()

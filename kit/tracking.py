@@ -51,6 +51,7 @@ def configure() -> Any:
         STORE_DIR.mkdir(parents=True, exist_ok=True)
     # Alembic logs every schema migration at INFO when a new SQLite store is created.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)
     return mlflow
 
@@ -156,12 +157,12 @@ def start_run(
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
         all_tags[f"{TAG_PREFIX}parent_run_id"] = parent_run_id
+    nested = mlflow.active_run() is not None
     if run_id:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, nested=nested)
         mlflow.set_tags({k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
     else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags,
-                               nested=parent_run_id is not None and mlflow.active_run() is not None)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags, nested=nested)
     try:
         git = git_state()
         if git.get("dirty") and git.get("diff"):

@@ -142,33 +142,35 @@ def test_dsb_labels_from_csv(dsb_root, tmp_path):
     def reader(csv, sizes):
         seen.update(sizes)
         return {
-            image_id: np.full(shape, 7, np.int32)
-            for image_id, shape in sizes.items()
-            if image_id != "greyrgb"
+            image_id: np.ones(shape, np.int32) for image_id, shape in sizes.items() if image_id != "greyrgb"
         }
 
-    with pytest.raises(DataError, match=r"labels\.csv: no rows for 1 annotated image\(s\): greyrgb"):
-        import_dsb2018(
-            dsb_root,
-            tmp_path / "o",
-            labels_csv=tmp_path / "labels.csv",
-            labels_csv_reader=reader,
-            k_folds=None,
-        )
-    assert seen == {"greyrgb": (16, 18), "rgba": (20, 24), "plain": (12, 12)}
+    csv = tmp_path / "labels.csv"
+    with pytest.raises(DataError, match=r"labels\.csv: no rows for 1 image\(s\): greyrgb"):
+        import_dsb2018(dsb_root, tmp_path / "o", labels_csv=csv, labels_csv_reader=reader, k_folds=None)
+    assert seen == {"greyrgb": (16, 18), "rgba": (20, 24)}  # the train images only
 
     def full_reader(csv, sizes):
         return {image_id: np.ones(shape, np.int32) for image_id, shape in sizes.items()}
 
-    out = import_dsb2018(
-        dsb_root,
-        tmp_path / "o",
-        labels_csv=tmp_path / "labels.csv",
-        labels_csv_reader=full_reader,
-        k_folds=None,
+    ds = NucleiDataset(
+        import_dsb2018(dsb_root, tmp_path / "o", labels_csv=csv, labels_csv_reader=full_reader, k_folds=None)
     )
-    ds = NucleiDataset(out)
-    assert ds.load("rgba").labels.all() and ds.row("plain")["n_nuclei"] == 1
+    assert ds.load("rgba").labels.all() and ds.row("rgba")["n_nuclei"] == 1
+    assert ds.load("plain").labels is None
+
+    test_only = dsb_root / "stage1_test"
+    ds = NucleiDataset(
+        import_dsb2018(
+            test_only,
+            tmp_path / "t",
+            split="test",
+            labels_csv=csv,
+            labels_csv_reader=full_reader,
+            k_folds=None,
+        )
+    )
+    assert ds.row("plain")["n_nuclei"] == 1
 
 
 def test_dsb_empty_folder(tmp_path):

@@ -65,8 +65,9 @@ def import_dsb2018(
 
     `split` applies to images not inside a train/val/test-named stage folder. Train and validation
     images need masks (a folder without masks/ is an error naming it); test images may lack them.
-    With `labels_csv` (read by `labels_csv_reader`) the labels come from that CSV instead of masks/, and
-    every train/validation image must have rows in it. Overlapping masks are an error unless
+    With `labels_csv` (read by `labels_csv_reader`) the labels come from that CSV instead of masks/: it
+    must cover every train/validation image, or every image when only test images are imported (a
+    solution CSV); the reader gets exactly those images' sizes. Overlapping masks are an error unless
     `resolve_overlaps`. `k_folds` and `seed` go to `write_dataset`.
     """
     path = Path(path)
@@ -149,16 +150,15 @@ def _checked_labels(labels: np.ndarray, shape: tuple[int, int], image_id: str) -
 def _labels_from_csv(
     csv: Path, groups: list[_SampleFiles], reader: LabelsCsvReader | None
 ) -> dict[str, np.ndarray]:
+    """Labels of the train/validation images from `csv` (of the test images if there are no others)."""
     assert reader is not None
-    sizes = {}
-    for g in groups:
-        if g.images:
-            sizes[g.id] = decode_image(g.images[0][1](), g.images[0][0]).shape[:2]
+    wanted = [g for g in groups if g.split != "test"] or groups
+    sizes = {g.id: decode_image(g.images[0][1](), g.images[0][0]).shape[:2] for g in wanted if g.images}
     labels = reader(csv, sizes)
-    missing = [g.id for g in groups if g.split != "test" and g.id not in labels]
+    missing = [g.id for g in wanted if g.id not in labels]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{csv}: no rows for {len(missing)} annotated image(s): {shown}")
+        raise DataError(f"{csv}: no rows for {len(missing)} image(s): {shown}")
     return labels
 
 

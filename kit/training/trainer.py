@@ -285,6 +285,9 @@ class Trainer:
         if improved:
             save_checkpoint(self.best_path, self.model, config, {"epoch": epoch, "val_map": record.get("val_map")})
         save_checkpoint(self.last_path, self.model, config, {"epoch": epoch, "training_state": self._state(epoch)})
+        if self.progress:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_map"))
+            tqdm.write(f"epoch {epoch + 1}/{self.tcfg.epochs}: {shown} ({record['epoch_time']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(record, epoch)
         if self.on_checkpoint is not None:
