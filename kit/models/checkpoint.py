@@ -6,9 +6,7 @@ A checkpoint is a `torch.save`d dict: {"format", "state_dict", "model_name", "mo
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 
 from kit.errors import KitError
+from kit.fileio import atomic_path
 from kit.models.registry import create_model
 
 FORMAT = "kit-checkpoint-1"
@@ -44,15 +43,8 @@ def save_checkpoint(
         "config": config,
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

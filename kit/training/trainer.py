@@ -134,7 +134,7 @@ class Trainer:
             gamma=self.tcfg.gamma,
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.best_epoch, self.best_val_map = -1, -math.inf
+        self.best_epoch, self.best_val_map, self.best_val_loss = -1, -math.inf, math.inf
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.best_path, self.last_path = work_dir / "best.pt", work_dir / "last.pt"
@@ -148,6 +148,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best_epoch": self.best_epoch,
             "best_val_map": self.best_val_map,
+            "best_val_loss": self.best_val_loss,
             "history": self.history,
         }
 
@@ -160,6 +161,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.best_epoch, self.best_val_map = int(state["best_epoch"]), float(state["best_val_map"])
+        self.best_val_loss = float(state["best_val_loss"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"]) + 1
         if self.best_epoch >= 0 and not self.best_path.exists():
@@ -177,8 +179,14 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)
-            train_loss = self._train_epoch(epoch)
-            record: dict[str, float] = {"train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"]}
+            train_loss, n_images = self._train_epoch(epoch)
+            train_time = time.perf_counter() - started
+            record: dict[str, float] = {
+                "train_loss": train_loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_time": train_time,
+                "train_images_per_s": n_images * self.dist.world_size / max(train_time, 1e-9),
+            }
             if (epoch + 1) % self.tcfg.val_every == 0 or epoch + 1 == self.tcfg.epochs:
                 record.update(self._validate())
             record["epoch_time"] = time.perf_counter() - started
@@ -199,10 +207,12 @@ class Trainer:
             last_checkpoint=self.last_path if self.last_path.exists() else None,
         )
 
-    def _train_epoch(self, epoch: int) -> float:
+    def _train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over `steps_per_epoch` batches; returns (mean loss, images seen by this process)."""
         self.net.train()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else contextlib.nullcontext()
         losses: list[float] = []
+        n_images = 0
         bar = tqdm(
             total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{self.tcfg.epochs}",
@@ -235,10 +245,11 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             losses.append(loss.item())
+            n_images += image.shape[0]
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         bar.close()
-        return float(np.mean(losses)) if losses else float("nan")
+        return (float(np.mean(losses)) if losses else float("nan")), n_images
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
@@ -275,11 +286,14 @@ class Trainer:
 
     def _after_epoch(self, epoch: int, record: dict[str, float]) -> None:
         record = {"epoch": float(epoch), **record}
-        score = record.get("val_map", -record.get("val_loss", math.inf))
-        improved = score > self.best_val_map
+        validated = "val_map" in record or "val_loss" in record
+        # Ranked by val mAP, ties (e.g. 0.0 in the first epochs) broken by the lower val loss.
+        key = (record.get("val_map", -math.inf), -record.get("val_loss", math.inf))
+        improved = validated and key > (self.best_val_map, -self.best_val_loss)
         if improved:
-            self.best_epoch, self.best_val_map = epoch, float(score)
-            record["best_val_map"] = float(score)
+            self.best_epoch, self.best_val_map, self.best_val_loss = epoch, key[0], -key[1]
+        if validated:
+            record["best_val_map"] = float(self.best_val_map)
         self.history.append(record)
         config = self.cfg.to_dict()
         if improved:
