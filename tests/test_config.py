@@ -65,13 +65,13 @@ def test_bad_value_names_the_key_and_the_file(tmp_path):
 
 def test_bad_value_from_override_is_rejected(tmp_path):
     _write(tmp_path, "mine", {})
-    with pytest.raises(ConfigError, match="inference.tta"):
+    with pytest.raises(ConfigError, match=r"inference\.tta"):
         load_experiment("mine", ["inference.tta=d8"], directory=tmp_path / "experiments")
 
 
 def test_malformed_override_is_rejected(tmp_path):
     _write(tmp_path, "mine", {})
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_experiment("mine", ["training.lr"], directory=tmp_path / "experiments")
 
 

@@ -58,7 +58,7 @@ def test_find_and_latest_runs_by_tags(project_dir):
     last = run_ids[2]
     assert len(tracking.find_runs("exp_c", tags={"kit.fold": "0"})) == 2
     assert tracking.latest_run("exp_c", tags={"kit.fold": "0"}).info.run_id == last
-    with pytest.raises(RunNotFoundError, match="kit.fold=7"):
+    with pytest.raises(RunNotFoundError, match=r"kit\.fold=7"):
         tracking.latest_run("exp_c", tags={"kit.fold": "7"})
     assert tracking.find_runs("no_such_experiment") == []
 

@@ -368,7 +368,14 @@ def _write_samples(samples: Iterable[Sample], root: Path, name: str, progress: b
     total = len(samples) if isinstance(samples, Sequence) else None
     rows: list[dict] = []
     seen: dict[str, str] = {}
-    for sample in tqdm(samples, total=total, desc=f"writing {name}", unit="image", disable=not progress):
+    for sample in tqdm(
+        samples,
+        total=total,
+        desc=f"writing {name}",
+        unit="image",
+        disable=None if progress else True,
+        leave=False,
+    ):
         if sample.split not in SPLITS:
             raise DataError(
                 f"{sample.source or sample.id}: unknown split {sample.split!r}; expected one of {', '.join(SPLITS)}"

@@ -120,7 +120,9 @@ def import_mnfinder(
             pairs = _image_mask_pairs(zf, wheel)
             samples = [
                 _read_pair(zf, wheel, *pair)
-                for pair in tqdm(pairs, desc="reading mnfinder", disable=not progress)
+                for pair in tqdm(
+                    pairs, desc="reading mnfinder", disable=None if progress else True, leave=False
+                )
             ]
     except zipfile.BadZipFile as exc:
         raise DataError(

@@ -144,13 +144,14 @@ def _resumable_parent(experiment: str) -> tuple[str, ExperimentConfig]:
     import mlflow
 
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
-    return run.info.run_id, config_from_dict(yaml.safe_load(text), f"config.yaml of run {run.info.run_id}")
+    cfg = config_from_dict(yaml.safe_load(text), f"config.yaml of run {run.info.run_id}")
+    cfg.training.folds = [int(f) for f in run.data.tags.get("kit.folds", "").split(",") if f] or cfg.training.folds
+    return run.info.run_id, cfg
 
 
 def _run_fold(
     cfg: ExperimentConfig, dataset: NucleiDataset, fold: int, dist: DistContext, parent_id: str, command: str, progress: bool
 ) -> FoldOutcome:
-    import mlflow
 
     existing = tracking.find_runs(
         cfg.mlflow_experiment, tags={"kit.parent_run_id": parent_id, "kit.fold": str(fold)}, status=None
@@ -169,17 +170,8 @@ def _run_fold(
         parent_run_id=parent_id,
         run_id=previous.info.run_id if previous is not None else None,
     ) as child:
-        resume_from = None
-        if previous is not None:
-            try:
-                resume_from = Path(
-                    mlflow.artifacts.download_artifacts(
-                        run_id=previous.info.run_id, artifact_path=f"{CHECKPOINT_DIR}/last.pt"
-                    )
-                )
-            except Exception:  # an interrupted fold may have no checkpoint yet: start it over
-                resume_from = None
-        result = _train_fold(cfg, dataset, fold, dist, child_run=child, progress=progress, resume_from=resume_from)
+        resume_run_id = previous.info.run_id if previous is not None else None
+        result = _train_fold(cfg, dataset, fold, dist, child_run=child, progress=progress, resume_run_id=resume_run_id)
         return FoldOutcome(fold, child.info.run_id, result.best_val_map, result.best_epoch, result.epochs_run)
 
 
@@ -191,8 +183,10 @@ def _train_fold(
     *,
     child_run: Any | None,
     progress: bool,
-    resume_from: Path | None = None,
+    resume_run_id: str | None = None,
 ):
+    import torch
+
     from kit.augment import build_augmentation
     from kit.training.data import TrainingCrops, fold_ids
     from kit.training.trainer import Trainer
@@ -218,6 +212,7 @@ def _train_fold(
     val_set = TrainingCrops(val_crops, None, border_weight=cfg.targets.border_weight, **target_kwargs)
     val_samples = [dataset.load(i) for i in val_ids]
     val_images = [(s.id, normalize_image(s.image, cfg.data.channels), np.asarray(s.labels)) for s in val_samples]
+    torch.manual_seed(seed)  # the same initial weights for the same training.seed (resume relies on it)
     model = build_model(cfg)
     with tempfile.TemporaryDirectory(prefix=f"kit-{cfg.name}-fold{fold}-") as tmp:
         work_dir = Path(tmp)
@@ -225,7 +220,7 @@ def _train_fold(
         if child_run is not None:
             import mlflow
 
-            if resume_from is None:
+            if resume_run_id is None:
                 _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmentation, work_dir)
 
             def on_epoch(record: dict[str, float], epoch: int) -> None:
@@ -238,13 +233,31 @@ def _train_fold(
             cfg, model, train_set, val_set, val_images, work_dir=work_dir, device=dist.device(), dist=dist,
             on_epoch=on_epoch, on_checkpoint=on_checkpoint, progress=progress,
         )
+        resume_from = _download_checkpoints(resume_run_id, work_dir) if resume_run_id else None
+        resume_from = dist.broadcast_object(resume_from)
         if resume_from is not None:
-            resume_from = dist.broadcast_object(resume_from)
             trainer.resume_from(resume_from)
         result = trainer.fit()
         if child_run is not None:
             _log_fold_end(trainer, result, val_images, work_dir)
         return result
+
+
+def _download_checkpoints(run_id: str, work_dir: Path) -> Path | None:
+    """Fetch an interrupted fold's best.pt and last.pt into `work_dir`; the path of last.pt, or None when
+    the fold was interrupted before its first checkpoint (it then starts over)."""
+    import shutil
+
+    import mlflow
+
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR,
+                                                           dst_path=str(work_dir / "resumed")))
+    except Exception:  # MLflow raises different types per store for a missing artifact
+        return None
+    if (folder / "best.pt").is_file():
+        shutil.copy2(folder / "best.pt", work_dir / "best.pt")
+    return folder / "last.pt" if (folder / "last.pt").is_file() else None
 
 
 def _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmentation, work_dir: Path) -> None:
