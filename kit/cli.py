@@ -53,7 +53,9 @@ def _version_callback(value: bool) -> None:
 def _main_options(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
@@ -63,9 +65,12 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data, runs, score, train
+    from kit.commands import data, predict, runs, score, train
 
     app.command("train")(train.train_command)
+    app.command("predict")(predict.predict_command)
+    app.command("evaluate")(predict.evaluate_command)
+    app.command("submit")(predict.submit_command)
     app.command("score")(score.score_command)
     app.command("runs")(runs.runs_command)
     app.command("ui")(runs.ui_command)

@@ -1,0 +1,155 @@
+"""`kit predict`, `kit evaluate`, `kit submit`: trained fold models → instances → scores → submission CSV."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kit.commands._common import OverridesOption, console, print_frame, print_summary
+from kit.commands.train import ExpOption
+
+
+class Kind(str, Enum):
+    oof = "oof"
+    test = "test"
+    validation = "validation"
+    input = "input"
+
+
+class Tta(str, Enum):
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
+
+
+def predict_command(
+    exp: ExpOption,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Dataset split to predict with all fold models averaged (default: test)."),
+    ] = None,
+    oof: Annotated[
+        bool,
+        typer.Option(
+            "--oof", help="Out of fold: each train image by the fold model that did not train on it."
+        ),
+    ] = False,
+    input_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="Folder to predict: DSB layout (<id>/images/<id>.png) or plain png/tif/jpg files.",
+            file_okay=False,
+        ),
+    ] = None,
+    tta: Annotated[
+        Tta | None, typer.Option(help="Test-time augmentation (default: inference.tta of the config).")
+    ] = None,
+    train_run: Annotated[
+        str | None, typer.Option("--train-run", help="Train run id (default: the newest finished one).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device, e.g. cpu or cuda:1 (default: cuda when present).")
+    ] = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Predict probability maps and instance label images with an experiment's fold models (an MLflow run)."""
+    from kit.config import load_experiment
+    from kit.inference.stage import predict_experiment
+
+    cfg = load_experiment(exp, overrides or [])
+    outcome = predict_experiment(
+        cfg,
+        split=split,
+        oof=oof,
+        input_dir=input_dir,
+        train_run_id=train_run,
+        tta=tta.value if tta else None,
+        device=device,
+        command=f"predict --exp {exp}",
+    )
+    index = outcome.index
+    folds = sorted({f for group in index["folds"] for f in group.split(";")}, key=int)
+    if oof:
+        how = "each by the fold model that did not train on it"
+    else:
+        how = f"fold model {folds[0]}" if len(folds) == 1 else f"fold models {','.join(folds)} averaged"
+    console.print(
+        f"[bold]{cfg.name}[/] {outcome.kind}: {len(index)} image(s), {int(index['n_instances'].sum())} instances, "
+        f"{index['seconds'].mean():.2f} s/image, {how} (train run {outcome.train_run_id[:8]}); "
+        f"MLflow predict run {outcome.run_id[:8]}"
+    )
+
+
+def evaluate_command(
+    exp: ExpOption,
+    kind: Annotated[
+        Kind, typer.Option(help="Which predictions to score: the newest predict run of this kind.")
+    ] = Kind.oof,
+    compare: Annotated[
+        str | None,
+        typer.Option(help="Other experiments to compare, comma-separated: one AP-vs-IoU curve each."),
+    ] = None,
+    predict_run: Annotated[
+        str | None, typer.Option("--predict-run", help="Predict run id (default: the newest of --kind).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Report folder. Default: outputs/evaluate/<exp>-<kind>/."),
+    ] = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Score a predict run against the truth: DSB mAP, error taxonomy, plots, worst-image overlays (an MLflow run)."""
+    from kit.config import load_experiment
+    from kit.evaluation import evaluate_experiment
+
+    cfg = load_experiment(exp, overrides or [])
+    others = [load_experiment(name.strip()) for name in (compare or "").split(",") if name.strip()]
+    outcome = evaluate_experiment(
+        cfg,
+        kind=kind.value,
+        predict_run_id=predict_run,
+        compare=others,
+        out=out,
+        progress=True,
+        command=f"evaluate --exp {exp}",
+    )
+    print_summary(
+        outcome.evaluation.summary,
+        title=f"{cfg.name} {kind.value} (predict run {outcome.predict_run_id[:8]})",
+    )
+    if outcome.comparison is not None:
+        print_frame(outcome.comparison, title=f"comparison ({kind.value})", float_format="{:.4f}")
+    console.print(
+        f"report: {outcome.out_dir}/ ({len(outcome.files)} files); MLflow evaluate run {outcome.run_id[:8]}"
+    )
+
+
+def submit_command(
+    exp: ExpOption,
+    name: Annotated[
+        str, typer.Option("--name", "-n", help="Submission name: writes submissions/<name>.csv.")
+    ],
+    kind: Annotated[
+        str | None, typer.Option(help="Predict run kind: test or input (default: the newest of either).")
+    ] = None,
+    predict_run: Annotated[
+        str | None, typer.Option("--predict-run", help="Predict run id (default: the newest test/input run).")
+    ] = None,
+    overrides: OverridesOption = None,
+) -> None:
+    """Write and validate a submission CSV (RLE) from the newest test predictions (an MLflow run)."""
+    from kit.config import load_experiment
+    from kit.submit import submit_experiment
+
+    cfg = load_experiment(exp, overrides or [])
+    outcome = submit_experiment(
+        cfg, name, kind=kind, predict_run_id=predict_run, command=f"submit --exp {exp}"
+    )
+    console.print(
+        f"{outcome.path}: {outcome.n_rows} rows for {outcome.n_images} images, valid; "
+        f"from predict run {outcome.predict_run_id[:8]}, MLflow submit run {(outcome.run_id or '')[:8]}"
+    )

@@ -1,0 +1,195 @@
+"""`kit evaluate` as a library call: a predict run's label images against the dataset's truth.
+
+The newest finished predict run of an experiment and kind (oof / test / validation / input) is paired
+image by image with the truth of the experiment's dataset (`cfg.data.root`) and scored with
+`kit.metrics.evaluate`. The report of `kit.scoring.write_report` (summary.json, per_image.csv, the AP-vs-IoU
+curve, error bars, TP/FP/FN overlays of the worst images) goes to `outputs/evaluate/<name>-<kind>/` and
+to an evaluate run (kit.role=evaluate, kit.predict_run_id, kit.train_run_id, kit.predict_kind) with the
+summary numbers as metrics. Other experiments can be compared on the same axis: one AP-vs-IoU curve each,
+from each one's newest predict run of the same kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kit import tracking
+from kit.config import ExperimentConfig
+from kit.errors import DataError
+from kit.fileio import atomic_write_text
+from kit.metrics import Evaluation, evaluate, plot_ap_curves
+
+EVALUATE_ROLE = "evaluate"
+OUTPUT_DIR = Path("outputs") / "evaluate"
+
+
+@dataclass
+class EvaluateOutcome:
+    """An evaluation of one predict run, where its report went and, with `compare`, the comparison."""
+
+    experiment: str
+    kind: str
+    predict_run_id: str
+    evaluation: Evaluation
+    out_dir: Path
+    files: list[Path]
+    run_id: str | None = None
+    comparison: pd.DataFrame | None = None
+
+
+class _DatasetImages(Mapping):
+    """Image id → raw image of a dataset, read on access (only the worst images get drawn)."""
+
+    def __init__(self, dataset: Any, ids: Sequence[str]) -> None:
+        self._dataset, self._ids = dataset, list(ids)
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        return self._dataset.load(image_id).image
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+def predicted_pairs(cfg: ExperimentConfig, kind: str = "oof", predict_run_id: str | None = None):
+    """(predict run, dataset, truth by id, predicted by id) for the newest predict run of `kind`.
+
+    Every predicted image must have truth in `cfg.data.root`; otherwise a `DataError` names it.
+    """
+    from kit.inference.runs import find_predict_run, load_predicted_labels
+    from kit.training.stage import open_dataset
+
+    run = find_predict_run(cfg.mlflow_experiment, kind, predict_run_id)
+    _, predicted = load_predicted_labels(run)
+    dataset = open_dataset(cfg)
+    missing = [i for i in predicted if i not in dataset or dataset.mask_paths(i) is None]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) of predict run {run.info.run_id} have no truth in {dataset.root}, "
+            f"e.g. {missing[0]!r}; evaluate needs annotated images (kinds oof, validation, test)"
+        )
+    truth = {i: np.asarray(dataset.load(i).labels) for i in predicted}
+    return run, dataset, truth, predicted
+
+
+def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of an evaluation summary as MLflow metric names → floats (ap_0.50, map, f1_avg, ...)."""
+    out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update({f"ap_{t}": float(v) for t, v in summary["ap_per_threshold"].items()})
+    out.update({f"missed_0.7_{k}": float(v) for k, v in summary["missed_0.7"].items()})
+    return out
+
+
+def evaluate_experiment(
+    cfg: ExperimentConfig,
+    *,
+    kind: str = "oof",
+    predict_run_id: str | None = None,
+    compare: Sequence[ExperimentConfig] = (),
+    out: Path | None = None,
+    n_worst: int = 4,
+    n_bootstrap: int = 1000,
+    track: bool = True,
+    progress: bool = False,
+    command: str = "evaluate",
+) -> EvaluateOutcome:
+    """Evaluate the newest predict run of `kind` (or `predict_run_id`); see the module docstring.
+
+    `compare`: further experiments whose newest predict run of `kind` is evaluated too and drawn as one
+    curve each on `compare_ap_vs_iou.png`, with a row each in `compare.csv` (this experiment first).
+    """
+    from kit.scoring import write_report
+
+    run, dataset, truth, predicted = predicted_pairs(cfg, kind, predict_run_id)
+    pairs = ((i, truth[i], predicted[i]) for i in sorted(predicted))
+    evaluation = evaluate(pairs, n_bootstrap=n_bootstrap, progress=progress)
+    out = out or OUTPUT_DIR / f"{cfg.name}-{kind}"
+    images = _DatasetImages(dataset, sorted(predicted))
+    files = write_report(
+        evaluation,
+        out,
+        name=f"{cfg.name} {kind}",
+        images=images,
+        truth=truth,
+        predicted=predicted,
+        n_worst=n_worst,
+    )
+    outcome = EvaluateOutcome(cfg.mlflow_experiment, kind, run.info.run_id, evaluation, out, files)
+    if compare:
+        outcome.comparison = _compare(cfg, evaluation, run, compare, kind, out)
+        files.extend([out / "compare.csv", out / "compare_ap_vs_iou.png"])
+    if track:
+        outcome.run_id = _log_evaluation(cfg, run, kind, outcome, command)
+    return outcome
+
+
+def _compare(
+    cfg: ExperimentConfig,
+    evaluation: Evaluation,
+    run: Any,
+    others: Sequence[ExperimentConfig],
+    kind: str,
+    out: Path,
+) -> pd.DataFrame:
+    results = [(cfg.name, run.info.run_id, evaluation.summary)]
+    for other in others:
+        other_run, _, truth, predicted = predicted_pairs(other, kind)
+        pairs = ((i, truth[i], predicted[i]) for i in sorted(predicted))
+        results.append((other.name, other_run.info.run_id, evaluate(pairs, n_bootstrap=0).summary))
+    names = [name for name, _, _ in results]
+    if len(set(names)) < len(names):
+        raise DataError(f"--compare lists an experiment twice: {', '.join(names)}")
+    table = pd.DataFrame(
+        [
+            {
+                "experiment": name,
+                "predict_run": run_id[:8],
+                "images": s["n_images"],
+                "map": s["map"],
+                "f1_avg": s["f1_avg"],
+                "ap_0.50": s["ap_per_threshold"]["0.50"],
+                "ap_0.75": s["ap_per_threshold"]["0.75"],
+                "dice": s["dice"],
+            }
+            for name, run_id, s in results
+        ]
+    )
+    atomic_write_text(out / "compare.csv", table.to_csv(index=False))
+    curves = {name: s["ap_per_threshold"] for name, _, s in results}
+    plot_ap_curves(curves, out / "compare_ap_vs_iou.png", title=f"AP vs IoU ({kind})")
+    return table
+
+
+def _log_evaluation(
+    cfg: ExperimentConfig, predict_run: Any, kind: str, outcome: EvaluateOutcome, command: str
+) -> str:
+    import mlflow
+
+    tags = {
+        "kit.role": EVALUATE_ROLE,
+        "kit.predict_kind": kind,
+        "kit.predict_run_id": predict_run.info.run_id,
+        "kit.train_run_id": predict_run.data.tags.get("kit.train_run_id", ""),
+    }
+    with tracking.start_run(
+        cfg.mlflow_experiment, command, run_name=f"{cfg.name}-evaluate-{kind}", tags=tags
+    ) as run:
+        params = {
+            "kind": kind,
+            "predict_run_id": predict_run.info.run_id,
+            "n_images": len(outcome.evaluation.per_image),
+        }
+        if outcome.comparison is not None:
+            params["compare"] = ",".join(outcome.comparison["experiment"].iloc[1:])
+        mlflow.log_params(params)
+        mlflow.log_metrics(summary_metrics(outcome.evaluation.summary))
+        mlflow.log_artifacts(str(outcome.out_dir), artifact_path="report")
+    return run.info.run_id

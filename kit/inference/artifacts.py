@@ -1,0 +1,133 @@
+"""Per-image prediction files: probability maps (`.npz`) and instance label images (`.png` / `.npz`).
+
+The layout a predict run writes (all paths relative to the run's artifact root):
+
+    probs/<id>.npz      float16 maps (K, H, W) under "probs" and their names under "channels", compressed
+    labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
+                        when an image has more than 65535 instances
+    predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files
+    instances.csv       one row per instance (`INSTANCE_COLUMNS`)
+
+Every file is written atomically (`kit.fileio.atomic_path`). These are plain functions on folders, so the
+files can be read without MLflow (e.g. from a downloaded artifact folder).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kit.errors import DataError
+from kit.fileio import atomic_path, read_image, write_png
+
+PROBS_DIR = "probs"
+LABELS_DIR = "labels"
+INDEX_FILE = "predictions.csv"
+INSTANCES_FILE = "instances.csv"
+INDEX_COLUMNS = (
+    "image_id",
+    "split",
+    "height",
+    "width",
+    "n_instances",
+    "folds",
+    "model_runs",
+    "probs",
+    "labels",
+    "source",
+    "seconds",
+)
+INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_body", "folds")
+_PNG_MAX_LABEL = np.iinfo(np.uint16).max
+
+
+def write_probs(root: str | os.PathLike, image_id: str, probs: np.ndarray, channels: Sequence[str]) -> str:
+    """Save maps (K, H, W) as float16 under `root`/probs/<id>.npz; return the path relative to `root`."""
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[0] != len(channels):
+        raise ValueError(f"probs must be (K, H, W) with K = {len(channels)}, got {probs.shape}")
+    rel = f"{PROBS_DIR}/{image_id}.npz"
+    with atomic_path(Path(root) / rel) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, probs=probs.astype(np.float16), channels=np.array(list(channels), dtype=str))
+    return rel
+
+
+def read_probs(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(float32 maps (K, H, W), channel names) from a file written by `write_probs`."""
+    try:
+        with np.load(path) as data:
+            return data["probs"].astype(np.float32), tuple(str(c) for c in data["channels"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not a probability-map file ({exc})") from None
+
+
+def write_labels(root: str | os.PathLike, image_id: str, labels: np.ndarray) -> str:
+    """Save an H×W label image under `root`/labels/ (PNG uint16, or npz beyond 65535 instances).
+
+    Returns the path relative to `root`.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise ValueError(f"labels of {image_id!r} must be an H×W non-negative integer image")
+    if labels.size == 0 or labels.max() <= _PNG_MAX_LABEL:
+        rel = f"{LABELS_DIR}/{image_id}.png"
+        write_png(Path(root) / rel, labels.astype(np.uint16))
+        return rel
+    rel = f"{LABELS_DIR}/{image_id}.npz"
+    with atomic_path(Path(root) / rel) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, labels=labels.astype(np.int32))
+    return rel
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """int32 H×W label image from a file written by `write_labels`."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path) as data:
+                return data["labels"].astype(np.int32)
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(f"{path}: not a label-image file ({exc})") from None
+    labels = read_image(path)
+    if labels.ndim != 2:
+        raise DataError(f"{path}: a label image must be single-channel, got shape {labels.shape}")
+    return labels.astype(np.int32)
+
+
+def instance_rows(image_id: str, labels: np.ndarray, body: np.ndarray | None, folds: str) -> list[dict]:
+    """One `INSTANCE_COLUMNS` row per instance of `labels`: its area and mean body probability."""
+    flat = labels.ravel()
+    areas = np.bincount(flat)
+    sums = np.bincount(flat, weights=body.ravel()) if body is not None else np.full(areas.shape, np.nan)
+    ids = np.flatnonzero(areas)
+    ids = ids[ids > 0]
+    return [
+        {
+            "image_id": image_id,
+            "label": int(i),
+            "area": int(areas[i]),
+            "mean_body": float(sums[i] / areas[i]),
+            "folds": folds,
+        }
+        for i in ids
+    ]
+
+
+def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
+    """A predictions.csv / instances.csv table, ids kept as strings; DataError when columns are missing."""
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype={"image_id": str, "folds": str, "model_runs": str, "split": str},
+            keep_default_na=False,
+        )
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: cannot read prediction table ({exc})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame

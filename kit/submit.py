@@ -1,0 +1,124 @@
+"""`kit submit` as a library call: a predict run's label images → a validated submission CSV.
+
+The newest finished `test` or `input` predict run of the experiment (or a given one) is written to
+`submissions/<name>.csv` with `write_submission`, then read back and checked with `check_submission`
+against the images that must be there and their sizes: the dataset split's images (manifest height and
+width) for a split run, the predicted folder's images for an input run. A file that fails the check is
+removed. The CSV is logged as an artifact of a submit run (kit.role=submit, kit.predict_run_id,
+kit.train_run_id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kit import tracking
+from kit.config import ExperimentConfig
+from kit.errors import ConfigError, DataError
+
+SUBMIT_ROLE = "submit"
+SUBMISSIONS_DIR = Path("submissions")
+SUBMIT_KINDS = ("test", "input")
+
+
+@dataclass
+class SubmitOutcome:
+    """The submission written, its size and the runs involved."""
+
+    path: Path
+    n_rows: int
+    n_images: int
+    predict_run_id: str
+    run_id: str | None = None
+
+
+def expected_images(cfg: ExperimentConfig, run: Any, index: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Image id → (H, W) a submission of predict run `run` must cover.
+
+    A split run (kind test/validation) must cover its whole split of the experiment's dataset at the
+    sizes in the manifest; an input run the images it predicted.
+    """
+    kind = run.data.tags.get("kit.predict_kind")
+    if kind in ("test", "validation"):
+        from kit.training.stage import open_dataset
+
+        manifest = open_dataset(cfg).manifest
+        rows = manifest[manifest["split"] == kind]
+        return {str(r.id): (int(r.height), int(r.width)) for r in rows.itertuples(index=False)}
+    return {str(r.image_id): (int(r.height), int(r.width)) for r in index.itertuples(index=False)}
+
+
+def _check_coverage(run_id: str, labels: dict[str, np.ndarray], sizes: dict[str, tuple[int, int]]) -> None:
+    missing = sorted(set(sizes) - set(labels))
+    if missing:
+        raise DataError(
+            f"predict run {run_id} lacks {len(missing)} of the {len(sizes)} images to submit, e.g. {missing[0]!r}; "
+            f"predict them again with `kit predict`"
+        )
+    wrong = [i for i in sorted(labels) if i in sizes and labels[i].shape != sizes[i]]
+    if wrong:
+        i = wrong[0]
+        raise DataError(
+            f"predict run {run_id}: image {i!r} was predicted at {labels[i].shape}, expected {sizes[i]}"
+        )
+
+
+def submit_experiment(
+    cfg: ExperimentConfig,
+    name: str,
+    *,
+    kind: str | None = None,
+    predict_run_id: str | None = None,
+    out_dir: Path = SUBMISSIONS_DIR,
+    track: bool = True,
+    command: str = "submit",
+) -> SubmitOutcome:
+    """Write `out_dir/<name>.csv` from the newest predict run of `kind` (default: test or input); see the
+    module docstring. Images predicted beyond those expected (e.g. other splits) are left out."""
+    from kit.inference.runs import find_predict_run, load_predicted_labels
+    from kit.submission import check_submission, write_submission
+
+    name = name.removesuffix(".csv")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ConfigError(f"--name {name!r}: give a plain file name such as 'unet_r34_d4'")
+    if kind is not None and kind not in SUBMIT_KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(SUBMIT_KINDS)}, got {kind!r}")
+    run = find_predict_run(cfg.mlflow_experiment, kind or SUBMIT_KINDS, predict_run_id)
+    index, labels = load_predicted_labels(run)
+    sizes = expected_images(cfg, run, index)
+    _check_coverage(run.info.run_id, labels, sizes)
+    path = write_submission(out_dir / f"{name}.csv", {i: labels[i] for i in sizes})
+    try:
+        frame = check_submission(path, sizes, sizes.keys())
+    except DataError:
+        path.unlink(missing_ok=True)
+        raise
+    outcome = SubmitOutcome(path, len(frame), len(sizes), run.info.run_id)
+    if track:
+        outcome.run_id = _log_submission(cfg, run, outcome, name, command)
+    return outcome
+
+
+def _log_submission(
+    cfg: ExperimentConfig, predict_run: Any, outcome: SubmitOutcome, name: str, command: str
+) -> str:
+    import mlflow
+
+    tags = {
+        "kit.role": SUBMIT_ROLE,
+        "kit.predict_run_id": predict_run.info.run_id,
+        "kit.predict_kind": predict_run.data.tags.get("kit.predict_kind", ""),
+        "kit.train_run_id": predict_run.data.tags.get("kit.train_run_id", ""),
+    }
+    with tracking.start_run(
+        cfg.mlflow_experiment, command, run_name=f"{cfg.name}-submit-{name}", tags=tags
+    ) as run:
+        mlflow.log_params({"name": name, "path": str(outcome.path.resolve())[:500]})
+        mlflow.log_metrics({"n_rows": outcome.n_rows, "n_images": outcome.n_images})
+        mlflow.log_artifact(str(outcome.path), artifact_path="submission")
+    return run.info.run_id
