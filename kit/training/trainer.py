@@ -117,7 +117,8 @@ class Trainer:
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
             worker_init_fn=worker_init,
-            drop_last=len(train_set) >= self.tcfg.batch_size,
+            # Drop a ragged last batch only when this process still gets at least one full batch.
+            drop_last=len(self.sampler if self.sampler is not None else train_set) >= self.tcfg.batch_size,
             pin_memory=device.type == "cuda",
         )
         self.steps_per_epoch = len(self.loader)
