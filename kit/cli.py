@@ -65,16 +65,19 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data, predict, runs, score, train
+    from kit.commands import data, demo, ensemble, predict, runs, score, style, train
 
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("evaluate")(predict.evaluate_command)
     app.command("submit")(predict.submit_command)
+    app.command("ensemble")(ensemble.ensemble_command)
     app.command("score")(score.score_command)
     app.command("runs")(runs.runs_command)
     app.command("ui")(runs.ui_command)
+    app.command("demo")(demo.demo_command)
     app.add_typer(data.app, name="data")
+    app.add_typer(style.app, name="style")
 
 
 _register_commands()

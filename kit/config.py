@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,8 +23,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ExtraData(_Section):
+    """A dataset mixed into the training crops (never into validation), e.g. from `kit style synth`."""
+
+    root: str
+    weight: float = Field(1.0, gt=0)
+
+
 class DataConfig(_Section):
-    """Which dataset and how samples are drawn from it."""
+    """Which dataset and how samples are drawn from it.
+
+    `extra` datasets add crops of their annotated train images: with weights w_j (data.root counts 1),
+    a fraction w_j / (1 + sum w) of each epoch's crops comes from extra dataset j; the epoch length stays.
+    """
 
     root: str = "data/synthetic"
     channels: Literal[1, 3] = 3
@@ -32,6 +43,7 @@ class DataConfig(_Section):
     train_splits: list[str] = ["train"]
     samples_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
+    extra: list[ExtraData] = []
 
 
 class ModelConfig(_Section):
@@ -112,11 +124,59 @@ class PostprocessConfig(_Section):
     grow_with_mask: bool = True
 
 
+class InstancesConfig(_Section):
+    """Detections → instances, for instance models (Mask R-CNN; semantic models use `postprocess`).
+
+    Candidates scoring ≥ `score_threshold` become instances (their mask > `mask_threshold`); overlapping
+    pixels go to the nearest centroid or the higher score (`overlap`); instances under `min_size` pixels
+    are dropped. TTA copies and fold models are merged by mask voting: candidates matched at IoU >
+    `vote_iou`, kept when found in at least `min_vote_fraction` of the copies.
+    """
+
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    mask_threshold: float = Field(0.5, gt=0, lt=1)
+    min_size: int = Field(10, ge=0)
+    overlap: Literal["centroid", "score"] = "centroid"
+    vote_iou: float = Field(0.5, gt=0, lt=1)
+    min_vote_fraction: float = Field(0.5, gt=0, le=1)
+
+
 class TrackingConfig(_Section):
     """Where runs go; `experiment` defaults to the config's name."""
 
     experiment: str | None = None
     log_checkpoints: bool = True
+
+
+class LightGBMRanges(_Section):
+    """Ranges [low, high] each booster of the ensemble draws its parameters from, and fixed settings."""
+
+    num_leaves: tuple[int, int] = (15, 63)
+    feature_fraction: tuple[float, float] = (0.5, 0.9)
+    learning_rate: tuple[float, float] = (0.02, 0.1)
+    num_boost_round: int = Field(200, ge=1)
+    min_data_in_leaf: int = Field(20, ge=1)
+
+
+class EnsembleConfig(_Section):
+    """`kit ensemble`: a LightGBM IoU model over the instances of base experiments (`kit.ensemble`).
+
+    `bases` are MLflow experiment names (the experiment names unless tracking.experiment says otherwise)
+    whose out-of-fold predict runs train the model and whose `apply_kind` runs it is applied to
+    ("none": train only). `threshold` None tunes the drop threshold on the OOF predictions.
+    """
+
+    bases: list[str] = []
+    target_min_iou: float = Field(0.5, ge=0, lt=1)
+    split_thresholds: list[float] = [0.6, 0.7, 0.8]
+    n_bags: int = Field(10, ge=1)
+    n_folds: int = Field(3, ge=2)
+    nms_overlap: float = Field(0.3, ge=0, lt=1)
+    threshold: float | None = Field(None, ge=0, le=1)
+    neighbour_radii: list[int] = [50, 100, 150, 200]
+    apply_kind: Literal["test", "input", "none"] = "test"
+    seed: int = 0
+    lightgbm: LightGBMRanges = LightGBMRanges()
 
 
 class ExperimentConfig(_Section):
@@ -131,7 +191,9 @@ class ExperimentConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     inference: InferenceConfig = InferenceConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    instances: InstancesConfig = InstancesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    ensemble: EnsembleConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -249,7 +311,8 @@ def _fields_at(loc: tuple) -> list[str]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
-        model = field.annotation
+        # An optional section (`X | None`): its fields are those of X.
+        model = next((a for a in get_args(field.annotation) if hasattr(a, "model_fields")), field.annotation)
     return list(getattr(model, "model_fields", {}))
 
 

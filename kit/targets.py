@@ -1,4 +1,5 @@
-"""Label image → training targets: nucleus body, touching border, background (+ full mask, weights).
+"""Label image → training targets: nucleus body, touching border, background (+ full mask, weights), and
+the boxes and masks of Mask R-CNN (`instance_targets`).
 
 The encoding follows the DSB2018 winners (topcoders): the network predicts three mutually exclusive
 classes per pixel, and the *border* class marks only the thin seam where two nuclei touch (or almost
@@ -148,6 +149,29 @@ def border_weight_map(
     """
     border = touching_border(labels, min_radius=min_radius, max_radius=max_radius, size_scale=size_scale)
     return np.where(border, np.float32(w_border), np.float32(1.0))
+
+
+def instance_targets(labels: np.ndarray, *, min_area: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Mask R-CNN targets of a label image: (boxes float32 (N, 4), masks uint8 (N, H, W)), in id order.
+
+    A box is (x0, y0, x1, y1) through the centres of the instance's extreme pixels (torchvision's
+    `masks_to_boxes` convention, the one its RoI-aligned mask targets assume). Instances under `min_area`
+    pixels or one pixel wide or high (a zero-size box) are left out: slivers cut off at a crop edge.
+    An image without instances gives shapes (0, 4) and (0, H, W).
+    """
+    labels = _check_labels(labels)
+    foreground = labels > 0
+    compact = np.zeros(labels.shape, dtype=np.int64)  # ids renumbered 1..n, so find_objects stays short
+    compact[foreground] = np.unique(labels[foreground], return_inverse=True)[1] + 1
+    areas = np.bincount(compact.ravel())
+    boxes, keep = [], []
+    for index, (rows, cols) in enumerate(ndi.find_objects(compact), start=1):
+        if areas[index] < min_area or rows.stop - rows.start < 2 or cols.stop - cols.start < 2:
+            continue
+        boxes.append((cols.start, rows.start, cols.stop - 1, rows.stop - 1))
+        keep.append(index)
+    masks = compact[None] == np.asarray(keep, dtype=compact.dtype).reshape(-1, 1, 1)
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), masks.astype(np.uint8)
 
 
 def targets_preview(

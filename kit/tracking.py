@@ -52,7 +52,12 @@ def configure() -> Any:
     # Alembic logs every schema migration at INFO when a new SQLite store is created.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    user_value = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if user_value is None:
+        # MLflow exports the URI to the environment; kit derives it from the working directory on every
+        # call, so leave the environment as the user set it (else a later chdir would keep the old store).
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return mlflow
 
 

@@ -5,6 +5,8 @@ albumentations classes (``D4``, ``Affine``, ``ShiftScaleRotate``, ``ElasticTrans
 compositions ``OneOf`` / ``SomeOf`` / ``Sequential`` (children under ``transforms``), or to kit's own
 transforms (``CopyPasteNuclei``, alias ``CopyPaste``). Everything is checked when the pipeline is built:
 unknown names and parameters, and albumentations' own pydantic validation, raise `ConfigError`.
+Domain-adaptation steps (``FDA``, ``HistogramMatching``, ``PixelDistributionAdaptation``) name their
+reference images with ``reference: {split: ..., styles: [...]}`` (see `kit.augment.domain`).
 
 Labels travel through albumentations as ``mask`` in float32 and come back as int32 with the same ids
 (copy-paste adds new ids above the previous maximum). The Compose forces nearest interpolation for
@@ -30,10 +32,19 @@ import cv2
 import numpy as np
 
 from kit.augment.copy_paste import CopyPasteNuclei
+from kit.augment.domain import (
+    PixelDistributionAdaptation,
+    ReferenceSampler,
+    ReferenceSource,
+    resolve_references,
+)
 from kit.errors import ConfigError
 from kit.visualize import contour_overlay, save_figure
 
-KIT_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"CopyPasteNuclei": CopyPasteNuclei}
+KIT_TRANSFORMS: dict[str, type[A.BasicTransform]] = {
+    "CopyPasteNuclei": CopyPasteNuclei,
+    "PixelDistributionAdaptation": PixelDistributionAdaptation,  # fixes albumentations 2.0.8 (kit.augment.domain)
+}
 ALIASES: dict[str, str] = {"CopyPaste": "CopyPasteNuclei"}
 _COMPOSITIONS: dict[str, type[A.BaseCompose]] = {
     "OneOf": A.OneOf,
@@ -91,12 +102,21 @@ class Augmentation:
     Returns ``{"image": H'×W'×C uint8, "labels": H'×W' int32}``; ids (< 2**24) are those of the input
     plus new copy-paste ids. The random stream is seeded once, at build time: forked DataLoader workers
     all inherit the same stream, so call `reseed` per worker (or per item, from the item's own seed, for
-    augmentations that do not depend on which worker draws them).
+    augmentations that do not depend on which worker draws them). `references` maps the metadata key of
+    each domain-adaptation step to its pool; every call draws one reference per key.
     """
 
-    def __init__(self, compose: A.Compose, spec: Sequence[Mapping[str, Any]]):
+    def __init__(
+        self,
+        compose: A.Compose,
+        spec: Sequence[Mapping[str, Any]],
+        references: Mapping[str, ReferenceSampler] | None = None,
+        seed: int | None = None,
+    ):
         self.compose = compose
         self.spec: list[dict[str, Any]] = copy.deepcopy([dict(item) for item in spec])
+        self.references = dict(references or {})
+        self._reference_rng = np.random.default_rng(seed)
 
     def __call__(self, *, image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         if image.ndim != 3:
@@ -111,29 +131,36 @@ class Augmentation:
         with warnings.catch_warnings():
             # ToGray leaves a 1-channel image unchanged and warns on every call; that is what kit wants.
             warnings.filterwarnings("ignore", message="The image is already gray")
-            out = self.compose(image=image, mask=labels.astype(np.float32))
+            drawn = {key: [pool.sample(self._reference_rng)] for key, pool in self.references.items()}
+            out = self.compose(image=image, mask=labels.astype(np.float32), **drawn)
         return {"image": out["image"], "labels": out["mask"].astype(np.int32)}
 
     def reseed(self, seed: int | None) -> None:
-        """Restart the random stream of every transform from `seed`."""
+        """Restart the random stream of every transform (and of reference drawing) from `seed`."""
         self.compose.set_random_seed(seed)
+        self._reference_rng = np.random.default_rng(seed)
 
     def __repr__(self) -> str:
         return f"Augmentation({[item['name'] for item in self.spec]})"
 
 
-def build_augmentation(spec: Sequence[Mapping[str, Any]], *, seed: int | None = None) -> Augmentation:
+def build_augmentation(
+    spec: Sequence[Mapping[str, Any]], *, seed: int | None = None, references: ReferenceSource | None = None
+) -> Augmentation:
     """Build an `Augmentation` from a list of ``{"name": ..., **params}`` mappings (see module doc).
 
-    Raises `ConfigError` naming the offending entry for unknown names, unknown or invalid parameters,
-    and non-nearest ``mask_interpolation``.
+    `references` resolves the ``reference`` selections of domain-adaptation steps (typically
+    `kit.style.references.StyleReferences` over the training dataset). Raises `ConfigError` naming the
+    offending entry for unknown names, unknown or invalid parameters, non-nearest
+    ``mask_interpolation``, and missing or empty reference selections.
     """
     if isinstance(spec, (str, Mapping)) or not isinstance(spec, Sequence):
         raise ConfigError(f"augmentation spec must be a list of transforms, got {type(spec).__name__}")
     registry = known_transforms()
-    transforms = [_build_item(item, f"augmentation[{i}]", registry) for i, item in enumerate(spec)]
+    resolved, pools = resolve_references(spec, references, registry)
+    transforms = [_build_item(item, f"augmentation[{i}]", registry) for i, item in enumerate(resolved)]
     compose = A.Compose(transforms, seed=seed, mask_interpolation=cv2.INTER_NEAREST)
-    return Augmentation(compose, spec)
+    return Augmentation(compose, spec, pools, seed)
 
 
 def _build_item(item: Any, where: str, registry: Mapping[str, type]) -> A.BasicTransform | A.BaseCompose:

@@ -143,6 +143,36 @@ def folds_command(
     console.print(f"[green]updated[/] {root / 'manifest.csv'} ({k} folds)")
 
 
+@app.command("styles")
+def styles_command(
+    data: DataOption = None,
+    per_style: Annotated[int, typer.Option("--per-style", help="Images shown per style cluster.", min=1)] = 6,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write. Default: outputs/styles/<name>.png.")] = None,
+) -> None:
+    """Show the style clusters: a PNG mosaic of a few images per cluster and cluster sizes per split."""
+    from kit import tracking
+    from kit.data.dataset import NucleiDataset
+    from kit.style.report import style_mosaic, styles_table
+
+    dataset = NucleiDataset(resolve_dataset_dir(data))
+    table = styles_table(dataset.manifest)
+    out = out or Path("outputs") / "styles" / f"{dataset.name}.png"
+    mosaic = style_mosaic(dataset, out, per_style=per_style)
+    csv = out.with_suffix(".csv")
+    table.to_csv(csv, index=False)
+    with tracking.start_run(DATA_EXPERIMENT, "data styles", run_name=f"{dataset.name}-styles") as run:
+        import mlflow
+
+        tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="styles")
+        mlflow.log_artifact(str(mosaic))
+        mlflow.log_artifact(str(csv))
+    print_frame(table, title=f"{dataset.name}: style clusters × split (images, % of split)", float_format="{:.1f}")
+    rare = table.loc[table["rare_in_train"], "style"].tolist()
+    if rare:
+        console.print(f"styles rare in training: {', '.join(map(str, rare))} (see `kit style fit` and classical style augmentation)")
+    console.print(f"[green]wrote[/] {mosaic} and {csv.name} (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')")
+
+
 @app.command("summary")
 def summary_command(data: DataOption = None) -> None:
     """Print a data set's images and nuclei per split, and its style clusters."""

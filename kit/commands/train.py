@@ -29,7 +29,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished training run of this experiment.")] = False,
     dump_config: Annotated[bool, typer.Option("--dump-config", help="Print the resolved config as YAML and exit.")] = False,
 ) -> None:
-    """Train an experiment's model on its folds (U-Net family), validating DSB mAP every epoch."""
+    """Train an experiment's model on its folds (U-Net family or Mask R-CNN), validating DSB mAP every epoch."""
     from kit.config import load_experiment
 
     cfg = load_experiment(exp, overrides or [])

@@ -6,7 +6,8 @@ The layout a predict run writes (all paths relative to the run's artifact root):
     labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
                         when an image has more than 65535 instances
     predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files
-    instances.csv       one row per instance (`INSTANCE_COLUMNS`)
+    instances.csv       one row per instance (`INSTANCE_COLUMNS`; `score` = detection score of instance
+                        models, empty for semantic ones)
 
 Every file is written atomically (`kit.fileio.atomic_path`). These are plain functions on folders, so the
 files can be read without MLflow (e.g. from a downloaded artifact folder).
@@ -41,7 +42,7 @@ INDEX_COLUMNS = (
     "source",
     "seconds",
 )
-INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_body", "folds")
+INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_body", "folds", "score")
 _PNG_MAX_LABEL = np.iinfo(np.uint16).max
 
 
@@ -98,8 +99,11 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def instance_rows(image_id: str, labels: np.ndarray, body: np.ndarray | None, folds: str) -> list[dict]:
-    """One `INSTANCE_COLUMNS` row per instance of `labels`: its area and mean body probability."""
+def instance_rows(
+    image_id: str, labels: np.ndarray, body: np.ndarray | None, folds: str, scores: np.ndarray | None = None
+) -> list[dict]:
+    """One `INSTANCE_COLUMNS` row per instance of `labels`: its area, mean probability of `body` (the
+    body map, or an instance model's mask map) and score (`scores[i - 1]` for label i; NaN without)."""
     flat = labels.ravel()
     areas = np.bincount(flat)
     sums = np.bincount(flat, weights=body.ravel()) if body is not None else np.full(areas.shape, np.nan)
@@ -112,6 +116,7 @@ def instance_rows(image_id: str, labels: np.ndarray, body: np.ndarray | None, fo
             "area": int(areas[i]),
             "mean_body": float(sums[i] / areas[i]),
             "folds": folds,
+            "score": float(scores[i - 1]) if scores is not None else np.nan,
         }
         for i in ids
     ]

@@ -18,6 +18,14 @@ from kit.inference.tiling import model_predictor, predict_tiled
 from kit.inference.tta import predict_tta
 
 
+def image_tensor(image: np.ndarray, in_channels: int, device: torch.device) -> torch.Tensor:
+    """Normalised uint8 H×W×C → float32 (C, H, W) in [0, 1] on `device`; ValueError for the wrong shape."""
+    if image.ndim != 3 or image.shape[2] != in_channels:
+        raise ValueError(f"expected an H×W×{in_channels} image, got shape {image.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+    return tensor.to(device)
+
+
 class Predictor:
     """Probability maps (K, H, W) float32 for a normalised uint8 H×W×C image.
 
@@ -53,10 +61,7 @@ class Predictor:
 
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
         """uint8 H×W×C → float32 (1, C, H, W) in [0, 1] on the predictor's device."""
-        if image.ndim != 3 or image.shape[2] != self.in_channels:
-            raise ValueError(f"expected an H×W×{self.in_channels} image, got shape {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-        return tensor.unsqueeze(0).to(self.device)
+        return image_tensor(image, self.in_channels, self.device).unsqueeze(0)
 
     @torch.no_grad()
     def predict_probs(self, image: np.ndarray) -> np.ndarray:

@@ -120,6 +120,7 @@ def predict_experiment(
                 "input": str(Path(input_dir).resolve())[:500] if input_dir else "",
                 "n_models": len(folds),
                 **{f"postprocess.{k}": v for k, v in cfg.postprocess.model_dump().items()},
+                **{f"instances.{k}": v for k, v in cfg.instances.model_dump().items()},
             }
         )
         mlflow.log_text(cfg.to_yaml(), "config.yaml")
@@ -216,33 +217,24 @@ def _input_jobs(folder: Path) -> list[_Job]:
     return [_Job(im.id, "", str(im.path), lambda p=im.path: read_image(p)) for im in folder_images(folder)]
 
 
-def _load_predictor(folds: list[FoldModel], cfg: ExperimentConfig, tta: str, device: str | None):
-    """A `Predictor` averaging the best checkpoints of `folds` with the experiment's inference settings."""
+def _load_segmenter(folds: list[FoldModel], cfg: ExperimentConfig, tta: str, device: str | None):
+    """A segmenter over the best checkpoints of `folds` with the experiment's inference settings: maps
+    averaged (semantic models) or detections merged by mask voting (instance models)."""
     import torch
 
-    from kit.inference.predictor import Predictor
+    from kit.inference.segmenter import build_segmenter
     from kit.models.checkpoint import load_checkpoint
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = [load_checkpoint(f.checkpoint, map_location=device) for f in folds]
     models = [model for model, _, _ in loaded]
-    signatures = {(tuple(m.kit_cfg["channels"]), m.kit_cfg["in_channels"]) for m in models}
+    signatures = {(m.kit_cfg["task"], tuple(m.kit_cfg["channels"]), m.kit_cfg["in_channels"]) for m in models}
     if len(signatures) > 1:
         raise ConfigError(
-            f"the fold models disagree on output/input channels {sorted(signatures)}; cannot average"
+            f"the fold models disagree on task/output/input channels {sorted(signatures)}; cannot average"
         )
     mode = loaded[0][1].get("training", {}).get("loss", {}).get("mode", "softmax")
-    inf = cfg.inference
-    return Predictor(
-        models,
-        mode=mode,
-        tta=tta,
-        scales=inf.scales,
-        tile=inf.tile,
-        overlap=inf.overlap,
-        batch_size=inf.batch_size,
-        device=device,
-    )
+    return build_segmenter(models, cfg, mode=mode, tta=tta, device=device)
 
 
 def _predict_groups(
@@ -256,26 +248,22 @@ def _predict_groups(
     """Predict every job of every group with its group's models; write the per-image files under `root`."""
     from tqdm.auto import tqdm
 
-    from kit.inference.postprocess import instances_from_probs
-
-    post = cfg.postprocess.model_dump()
     rows, instances = [], []
     bar = tqdm(total=sum(len(jobs) for _, jobs in groups), desc="predict", unit="image", disable=not progress)
     for folds, jobs in groups:
         if not jobs:
             continue
-        predictor = _load_predictor(folds, cfg, tta, device)
+        segmenter = _load_segmenter(folds, cfg, tta, device)
         fold_names = ";".join(str(f.fold) for f in folds)
         for job in jobs:
             started = time.perf_counter()
             image = job.load()
             try:
-                normalized = normalize_image(image, predictor.in_channels)
+                normalized = normalize_image(image, segmenter.in_channels)
             except ValueError as exc:
                 raise DataError(f"{job.source}: {exc}") from None
-            probs = predictor.predict_probs(normalized)
-            labels = instances_from_probs(probs, predictor.channels, **post)
-            body = probs[predictor.channels.index("body")] if "body" in predictor.channels else None
+            seg = segmenter(normalized)
+            labels = seg.labels
             rows.append(
                 {
                     "image_id": job.image_id,
@@ -285,15 +273,15 @@ def _predict_groups(
                     "n_instances": int(labels.max(initial=0)),
                     "folds": fold_names,
                     "model_runs": ";".join(f.run_id for f in folds),
-                    "probs": write_probs(root, job.image_id, probs, predictor.channels),
+                    "probs": write_probs(root, job.image_id, seg.probs, seg.channels),
                     "labels": write_labels(root, job.image_id, labels),
                     "source": job.source,
                     "seconds": time.perf_counter() - started,
                 }
             )
-            instances.extend(instance_rows(job.image_id, labels, body, fold_names))
+            instances.extend(instance_rows(job.image_id, labels, seg.foreground(), fold_names, seg.scores))
             bar.update(1)
-        del predictor
+        del segmenter
     bar.close()
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), pd.DataFrame(
         instances, columns=list(INSTANCE_COLUMNS)

@@ -65,7 +65,7 @@ def _pad_end(x: torch.Tensor, dim: int, amount: int) -> torch.Tensor:
     return F.pad(x, pad, mode="reflect" if amount < x.shape[dim] else "replicate")
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Evenly spaced tile starts covering `length`, consecutive tiles sharing at least `overlap`."""
     if length <= tile:
         return [0]
@@ -116,7 +116,7 @@ def predict_tiled(
     hp, wp = _ceil_to(h, multiple), _ceil_to(w, multiple)
     padded = _pad_end(_pad_end(image, -2, hp - h), -1, wp - w)
     th, tw = min(tile, hp), min(tile, wp)
-    ys, xs = _starts(hp, th, overlap), _starts(wp, tw, overlap)
+    ys, xs = tile_starts(hp, th, overlap), tile_starts(wp, tw, overlap)
     if len(ys) == len(xs) == 1:
         return predict_fn(padded).float()[..., :h, :w]
 

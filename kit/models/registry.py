@@ -2,8 +2,13 @@
 
 A builder is a function returning an `nn.Module` that carries a `kit_cfg` dict (arch, channels,
 in_channels, output_stride, ...). `register_model` files it under its function name and wraps it so
-the built model also records `model_name` and the arguments it was built with (`model_kwargs`): that is
-what a checkpoint needs to rebuild it.
+the built model also records `model_name`, the arguments it was built with (`model_kwargs`: what a
+checkpoint needs to rebuild it) and its `task`:
+
+- "semantic": `model(x)` maps a float32 (N, C, H, W) batch to per-pixel logits (N, K, H, W) named by
+  `kit_cfg["channels"]` (U-Net, FPN);
+- "instance": torchvision detection style, `model(images)` returns one dict of detections per image and
+  `model(images, targets)` in train mode a dict of losses (Mask R-CNN).
 """
 
 from __future__ import annotations
@@ -14,19 +19,27 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
 from kit.errors import ConfigError
 
 Builder = Callable[..., nn.Module]
+Task = Literal["semantic", "instance"]
+TASKS: tuple[Task, ...] = ("semantic", "instance")
 
 _builders: dict[str, Builder] = {}
+_tasks: dict[str, Task] = {}
 
 
-def register_model(fn: Builder) -> Builder:
-    """Register `fn` under its function name; the wrapped builder records how each model was built."""
+def register_model(fn: Builder | None = None, *, task: Task = "semantic") -> Any:
+    """Register `fn` under its function name (`@register_model` or `@register_model(task="instance")`);
+    the wrapped builder records how each model was built and its task in `kit_cfg`."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if fn is None:
+        return functools.partial(register_model, task=task)
     name = fn.__name__
     if name in _builders:
         warnings.warn(f"model {name!r} registered twice; the later builder wins", stacklevel=2)
@@ -40,15 +53,24 @@ def register_model(fn: Builder) -> Builder:
             cfg = model.kit_cfg = {}
         cfg["model_name"] = name
         cfg["model_kwargs"] = dict(signature.bind(*args, **kwargs).arguments)
+        cfg["task"] = task
         return model
 
     _builders[name] = build
+    _tasks[name] = task
     return build
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of registered models matching a shell-style `pattern`."""
-    return sorted(n for n in _builders if fnmatch.fnmatchcase(n, pattern))
+def list_models(pattern: str = "*", task: Task | None = None) -> list[str]:
+    """Sorted names of registered models matching a shell-style `pattern` (and `task`, when given)."""
+    return sorted(
+        n for n in _builders if fnmatch.fnmatchcase(n, pattern) and (task is None or _tasks[n] == task)
+    )
+
+
+def model_task(model: nn.Module) -> Task:
+    """The task of a model built by a registered builder ("semantic" or "instance")."""
+    return model.kit_cfg["task"]
 
 
 def closest_match_hint(name: str, known: list[str]) -> str:
@@ -63,12 +85,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Raises `ConfigError` for an unknown name (listing the known ones) or an argument the builder
     does not take.
     """
-    if name not in _builders:
-        known = list_models()
-        raise ConfigError(
-            f"unknown model {name!r}{closest_match_hint(name, known)}; known models: {', '.join(known)}"
-        )
-    builder = _builders[name]
+    builder = _builder(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     signature = inspect.signature(builder)
     unknown = sorted(set(kwargs) - set(signature.parameters))
@@ -78,3 +95,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"it takes: {', '.join(signature.parameters)}"
         )
     return builder(**kwargs)
+
+
+def model_arguments(name: str) -> tuple[str, ...]:
+    """The argument names the builder of registered model `name` takes (ConfigError if unknown)."""
+    return tuple(inspect.signature(_builder(name)).parameters)
+
+
+def _builder(name: str) -> Builder:
+    if name not in _builders:
+        known = list_models()
+        raise ConfigError(
+            f"unknown model {name!r}{closest_match_hint(name, known)}; known models: {', '.join(known)}"
+        )
+    return _builders[name]

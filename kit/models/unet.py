@@ -8,20 +8,16 @@ in [0, 1] to logits (N, len(channels), H, W); H and W must be multiples of `kit_
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import timm
-import torch
-from timm.models import adapt_input_conv, load_state_dict
 
 from kit.errors import ConfigError
 from kit.models.registry import closest_match_hint, register_model
-
-log = logging.getLogger(__name__)
+from kit.models.weights import load_matching, read_state_dict
 
 DEFAULT_CHANNELS = ("body", "border", "background")
 _UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -99,7 +95,7 @@ def _check_depth(arch: str, depth: int, low: int) -> None:
         raise ConfigError(f"{arch}: encoder_depth must be in {low}..5, got {depth}")
 
 
-def _timm_name(encoder: str) -> str:
+def timm_name(encoder: str) -> str:
     """The timm name for `encoder` (given with or without "tu-"); ConfigError if timm does not know it."""
     name = encoder.removeprefix("tu-")
     if not timm.is_model(name):
@@ -120,7 +116,7 @@ def _build(
     encoder_depth: int,
     **decoder_kwargs: object,
 ) -> smp.base.SegmentationModel:
-    name = _timm_name(encoder)
+    name = timm_name(encoder)
     channels = tuple(channels)
     if not channels:
         raise ConfigError(f"{arch}: channels must name at least one output channel")
@@ -159,51 +155,14 @@ def load_encoder_weights(model: smp.base.SegmentationModel, path: str | Path) ->
     Returns {"loaded", "missing", "unexpected", "mismatched"}; ConfigError if the file is missing or
     nothing matched.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pretrained encoder weights not found: {path}")
-    try:
-        source = load_state_dict(str(path), use_ema=False)
-    except Exception as e:
-        raise ConfigError(f"cannot read pretrained encoder weights {path}: {e}") from e
+    source = read_state_dict(path)
     prefix = "encoder.model."
     if any(k.startswith(prefix) for k in source):
         source = {k.removeprefix(prefix): v for k, v in source.items() if k.startswith(prefix)}
-
-    target = model.encoder.model.state_dict()
-    in_channels = model.kit_cfg["in_channels"]
-
-    def is_rgb_stem(weight: torch.Tensor) -> bool:
-        return in_channels != 3 and weight.ndim == 4 and weight.shape[1] == 3
-
-    loaded: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    mismatched = 0
-    for key, param in target.items():
-        src_key = next(
-            (k for k in (key, re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", key, count=1)) if k in source), None
-        )
-        if src_key is None:
-            continue
-        used.add(src_key)
-        value = source[src_key]
-        if is_rgb_stem(value) and value[:, :1].shape == param[:, :1].shape:
-            value = adapt_input_conv(in_channels, value)
-        if value.shape != param.shape:
-            mismatched += 1
-            continue
-        loaded[key] = value
-    if not loaded:
-        raise ConfigError(
-            f"no tensor in {path} matches the encoder: file keys look like {list(source)[:3]}, "
-            f"encoder keys like {list(target)[:3]}"
-        )
-    model.encoder.model.load_state_dict(loaded, strict=False)
-    report = {
-        "loaded": len(loaded),
-        "missing": len(target) - len(loaded),
-        "unexpected": len(set(source) - used),
-        "mismatched": mismatched,
-    }
-    log.info("encoder weights from %s: %s", path, report)
-    return report
+    return load_matching(
+        model.encoder.model,
+        source,
+        in_channels=model.kit_cfg["in_channels"],
+        origin=str(path),
+        aliases=lambda key: (key, re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", key, count=1)),
+    )

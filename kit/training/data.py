@@ -1,8 +1,13 @@
-"""Training samples: fold split, random crops → augmentation → body/border/background targets → tensors."""
+"""Training samples: fold split, random crops → augmentation → targets → tensors.
+
+Semantic models train on body/border/background maps (`TrainingCrops`), instance models (Mask R-CNN) on
+boxes and masks (`InstanceCrops`, batched by `collate_instances`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +17,7 @@ from kit.augment import Augmentation
 from kit.data.dataset import NucleiDataset
 from kit.data.torch_dataset import CropDataset
 from kit.errors import DataError
-from kit.targets import border_weight_map, make_targets
+from kit.targets import border_weight_map, instance_targets, make_targets
 
 
 def fold_ids(dataset: NucleiDataset, fold: int, splits: Sequence[str] = ("train",)) -> tuple[list[str], list[str]]:
@@ -41,11 +46,38 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
-class TrainingCrops(Dataset):
+class AugmentedCrops(Dataset):
+    """What every training dataset shares: random crops (a `CropDataset` or `MixedCrops`), each augmented
+    (`augmentation`, may be None), reproducible per epoch from the crops' seed."""
+
+    def __init__(self, crops: CropDataset, augmentation: Augmentation | None) -> None:
+        self.crops = crops
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fresh crops and augmentations for `epoch` (reproducible from the seed)."""
+        self.crops.set_epoch(epoch)
+        if self.augmentation is not None:
+            self.augmentation.reseed(self.crops.seed * 100_003 + epoch)
+
+    def augmented(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(uint8 S×S×C image, int32 S×S labels, image id) of crop `index`, augmented."""
+        item = self.crops[index]
+        image, labels = item["image"], item["labels"]
+        if self.augmentation is not None:
+            out = self.augmentation(image=image, labels=labels)
+            image, labels = out["image"], out["labels"]
+        return image, labels, item["id"]
+
+
+class TrainingCrops(AugmentedCrops):
     """Items ``{"image": (C,S,S) float, "targets": (K,S,S) float, "weights": (S,S) float, "id"}``.
 
-    Wraps a `CropDataset`: each random crop is augmented (`augmentation`, may be None), then turned into
-    targets with `make_targets`; `border_weight` > 1 weights touching-border pixels in the loss.
+    Each augmented crop is turned into targets with `make_targets`; `border_weight` > 1 weights
+    touching-border pixels in the loss.
     """
 
     def __init__(
@@ -58,27 +90,13 @@ class TrainingCrops(Dataset):
         max_radius: int = 3,
         border_weight: float = 1.0,
     ) -> None:
-        self.crops = crops
-        self.augmentation = augmentation
+        super().__init__(crops, augmentation)
         self.target_kwargs = {"min_radius": min_radius, "max_radius": max_radius}
         self.include_mask = include_mask
         self.border_weight = border_weight
 
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Fresh crops and augmentations for `epoch` (reproducible from the seed)."""
-        self.crops.set_epoch(epoch)
-        if self.augmentation is not None:
-            self.augmentation.reseed(self.crops.seed * 100_003 + epoch)
-
     def __getitem__(self, index: int) -> dict:
-        item = self.crops[index]
-        image, labels = item["image"], item["labels"]
-        if self.augmentation is not None:
-            out = self.augmentation(image=image, labels=labels)
-            image, labels = out["image"], out["labels"]
+        image, labels, image_id = self.augmented(index)
         targets = make_targets(labels, include_mask=self.include_mask, **self.target_kwargs)
         weights = (
             border_weight_map(labels, w_border=self.border_weight, **self.target_kwargs)
@@ -89,13 +107,99 @@ class TrainingCrops(Dataset):
             "image": image_to_tensor(image),
             "targets": torch.from_numpy(targets),
             "weights": torch.from_numpy(weights),
-            "id": item["id"],
+            "id": image_id,
         }
+
+
+class InstanceCrops(AugmentedCrops):
+    """Items ``{"image": (C,S,S) float, "target": {"boxes", "labels", "masks"}, "id"}`` for Mask R-CNN.
+
+    The target of each augmented crop is `kit.targets.instance_targets` of its labels (instances under
+    `min_area` pixels left out) as tensors: boxes float32 (N, 4), labels int64 (N,) of 1 (nucleus), masks
+    uint8 (N, S, S); a crop without nuclei gives N = 0. Batch with `collate_instances`.
+    """
+
+    def __init__(self, crops: CropDataset, augmentation: Augmentation | None, *, min_area: int = 4) -> None:
+        super().__init__(crops, augmentation)
+        self.min_area = min_area
+
+    def __getitem__(self, index: int) -> dict:
+        image, labels, image_id = self.augmented(index)
+        boxes, masks = instance_targets(labels, min_area=self.min_area)
+        target = {
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "masks": torch.from_numpy(masks),
+        }
+        return {"image": image_to_tensor(image), "target": target, "id": image_id}
+
+
+def collate_instances(batch: list[dict]) -> dict[str, list]:
+    """`InstanceCrops` items → {"image": [...], "target": [...], "id": [...]}: lists, since the number of
+    instances differs between crops (torchvision's detection models take lists)."""
+    return {key: [item[key] for item in batch] for key in ("image", "target", "id")}
 
 
 def worker_init(worker_id: int) -> None:
     """DataLoader worker seeding: albumentations would otherwise give every worker the same stream."""
     info = torch.utils.data.get_worker_info()
     dataset = info.dataset
-    if isinstance(dataset, TrainingCrops) and dataset.augmentation is not None:
+    if isinstance(dataset, AugmentedCrops) and dataset.augmentation is not None:
         dataset.augmentation.reseed(info.seed % 2**31)
+
+
+class MixedCrops(Dataset):
+    """Crops from several `CropDataset`s in fixed proportions; items as in `CropDataset`.
+
+    `sources` are (crops, weight) pairs, the first being the main dataset: an epoch keeps the main
+    dataset's length n, and source j supplies ``n * w_j / sum(w)`` of its items (rounded by largest
+    remainder), at positions shuffled per epoch from (`seed`, epoch). Item i taken from source j is
+    that source's item ``i mod len(source)``, so every source keeps its own crop reproducibility.
+    """
+
+    def __init__(self, sources: Sequence[tuple[CropDataset, float]], *, seed: int = 0) -> None:
+        if not sources or any(weight <= 0 for _, weight in sources):
+            raise ValueError("MixedCrops needs at least one source, each with a weight > 0")
+        self.sources = [crops for crops, _ in sources]
+        weights = np.array([weight for _, weight in sources], dtype=np.float64)
+        exact = len(self.sources[0]) * weights / weights.sum()
+        counts = np.floor(exact).astype(np.int64)
+        counts[np.argsort(counts - exact, kind="stable")[: len(self) - counts.sum()]] += 1
+        self.counts = counts
+        self.seed = seed
+        self.set_epoch(0)
+
+    def __len__(self) -> int:
+        return len(self.sources[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fresh crops in every source and a fresh order of sources for `epoch`."""
+        for crops in self.sources:
+            crops.set_epoch(epoch)
+        order = np.repeat(np.arange(len(self.sources)), self.counts)
+        self._source_of = np.random.default_rng([self.seed, epoch]).permutation(order)
+
+    def __getitem__(self, index: int) -> dict:
+        crops = self.sources[int(self._source_of[index])]
+        return crops[index % len(crops)]
+
+
+def extra_crop_sources(
+    extra: Sequence[tuple[str, float]], *, crop_size: int, channels: int, length: int, seed: int
+) -> list[tuple[CropDataset, float]]:
+    """(crops, weight) for each extra dataset (root, weight): crops of its annotated train images, `length`
+    per epoch. Extra datasets only ever add training crops; they never take part in validation."""
+    sources = []
+    for k, (root, weight) in enumerate(extra):
+        if not (Path(root) / "manifest.csv").is_file():
+            raise DataError(f"data.extra[{k}].root '{root}' is not a kit dataset (no manifest.csv)")
+        dataset = NucleiDataset(root)
+        manifest = dataset.manifest
+        ids = manifest.loc[(manifest["split"] == "train") & manifest["n_nuclei"].notna(), "id"].tolist()
+        if not ids:
+            raise DataError(f"data.extra[{k}].root '{root}' has no annotated train image")
+        crops = CropDataset(
+            dataset, crop_size, ids=ids, channels=channels, samples_per_epoch=length, seed=seed + 1 + k
+        )
+        sources.append((crops, weight))
+    return sources

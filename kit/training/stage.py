@@ -78,18 +78,16 @@ def resolve_folds(dataset: NucleiDataset, folds: list[int] | str | None, cfg: Ex
 
 
 def build_model(cfg: ExperimentConfig):
-    """The experiment's network from the model registry."""
+    """The experiment's network from the model registry (output channels from `cfg.targets` for the
+    builders that take them: semantic models)."""
     from kit.models import create_model
+    from kit.models.registry import model_arguments
     from kit.targets import target_channels
 
-    return create_model(
-        cfg.model.name,
-        encoder=cfg.model.encoder,
-        in_channels=cfg.data.channels,
-        channels=target_channels(cfg.targets.include_mask),
-        pretrained=cfg.model.pretrained,
-        **cfg.model.params,
-    )
+    kwargs = {"encoder": cfg.model.encoder, "in_channels": cfg.data.channels, "pretrained": cfg.model.pretrained}
+    if "channels" in model_arguments(cfg.model.name):
+        kwargs["channels"] = target_channels(cfg.targets.include_mask)
+    return create_model(cfg.model.name, **kwargs, **cfg.model.params)
 
 
 def train_experiment(
@@ -188,13 +186,21 @@ def _train_fold(
     import torch
 
     from kit.augment import build_augmentation
-    from kit.training.data import TrainingCrops, fold_ids
+    from kit.models import model_task
+    from kit.style.references import StyleReferences
+    from kit.training.data import InstanceCrops, MixedCrops, TrainingCrops, extra_crop_sources, fold_ids
     from kit.training.trainer import Trainer
 
     train_ids, val_ids = fold_ids(dataset, fold, cfg.data.train_splits)
     seed = cfg.training.seed
     augmentation = (
-        build_augmentation([s.model_dump() for s in cfg.augmentation], seed=seed) if cfg.augmentation else None
+        build_augmentation(
+            [s.model_dump() for s in cfg.augmentation],
+            seed=seed,
+            references=StyleReferences(dataset, channels=cfg.data.channels, train_ids=train_ids),
+        )
+        if cfg.augmentation
+        else None
     )
     target_kwargs = {
         "include_mask": cfg.targets.include_mask,
@@ -205,15 +211,24 @@ def _train_fold(
         dataset, cfg.data.crop_size, ids=train_ids, channels=cfg.data.channels,
         samples_per_epoch=cfg.data.samples_per_epoch, seed=seed * 7919 + fold,
     )
-    train_set = TrainingCrops(crops, augmentation, border_weight=cfg.targets.border_weight, **target_kwargs)
-    val_crops = CropDataset(
-        dataset, cfg.data.crop_size, ids=val_ids, channels=cfg.data.channels, seed=seed * 7919 + fold + 1
-    )
-    val_set = TrainingCrops(val_crops, None, border_weight=cfg.targets.border_weight, **target_kwargs)
-    val_samples = [dataset.load(i) for i in val_ids]
-    val_images = [(s.id, normalize_image(s.image, cfg.data.channels), np.asarray(s.labels)) for s in val_samples]
+    if cfg.data.extra:
+        extra = extra_crop_sources(
+            [(e.root, e.weight) for e in cfg.data.extra], crop_size=cfg.data.crop_size,
+            channels=cfg.data.channels, length=len(crops), seed=crops.seed,
+        )
+        crops = MixedCrops([(crops, 1.0), *extra], seed=crops.seed)
     torch.manual_seed(seed)  # the same initial weights for the same training.seed (resume relies on it)
     model = build_model(cfg)
+    if model_task(model) == "instance":
+        train_set, val_set = InstanceCrops(crops, augmentation), None  # no val loss: see kit.training.tasks
+    else:
+        train_set = TrainingCrops(crops, augmentation, border_weight=cfg.targets.border_weight, **target_kwargs)
+        val_crops = CropDataset(
+            dataset, cfg.data.crop_size, ids=val_ids, channels=cfg.data.channels, seed=seed * 7919 + fold + 1
+        )
+        val_set = TrainingCrops(val_crops, None, border_weight=cfg.targets.border_weight, **target_kwargs)
+    val_samples = [dataset.load(i) for i in val_ids]
+    val_images = [(s.id, normalize_image(s.image, cfg.data.channels), np.asarray(s.labels)) for s in val_samples]
     with tempfile.TemporaryDirectory(prefix=f"kit-{cfg.name}-fold{fold}-") as tmp:
         work_dir = Path(tmp)
         on_epoch = on_checkpoint = None
@@ -264,20 +279,24 @@ def _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmen
     import mlflow
 
     from kit.augment import augmentation_grid
+    from kit.models import model_task
     from kit.targets import make_targets, target_channels, targets_preview
 
     n_params = sum(p.numel() for p in model.parameters())
     mlflow.set_tags({"kit.n_params": str(n_params), "kit.train_ids": str(len(train_ids)), "kit.val_ids": str(len(val_ids))})
     mlflow.log_params({k: v[:500] for k, v in cfg.flat_params().items()})
     mlflow.log_params({"fold": fold, "n_train_images": len(train_ids), "n_val_images": len(val_ids)})
+    for extra in cfg.data.extra:  # before the main dataset, whose digest must stay the run's dataset tag
+        tracking.log_dataset(Path(extra.root) / "manifest.csv", name=Path(extra.root).name, context="training-extra")
     tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="training")
     mlflow.log_text(cfg.to_yaml(), "config.yaml")
     mlflow.log_text("\n".join(val_ids), "val_ids.txt")
-    first = crops[0]
-    targets = make_targets(first["labels"], include_mask=cfg.targets.include_mask)
-    preview = targets_preview(first["image"], first["labels"], targets, work_dir / "targets_preview.png",
-                              target_channels(cfg.targets.include_mask))
-    mlflow.log_artifact(str(preview), "previews")
+    if model_task(model) == "semantic":  # instance targets are the label image itself (augmentation grid)
+        first = crops[0]
+        targets = make_targets(first["labels"], include_mask=cfg.targets.include_mask)
+        preview = targets_preview(first["image"], first["labels"], targets, work_dir / "targets_preview.png",
+                                  target_channels(cfg.targets.include_mask))
+        mlflow.log_artifact(str(preview), "previews")
     if augmentation is not None:
         samples = [(crops[i]["image"], crops[i]["labels"]) for i in range(min(3, len(crops)))]
         grid = augmentation_grid(samples, augmentation, work_dir / "augmentation_grid.png")
@@ -287,10 +306,8 @@ def _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmen
 def _log_fold_end(trainer, result, val_images, work_dir: Path) -> None:
     import mlflow
 
-    from kit.inference.postprocess import instances_from_probs
     from kit.metrics import save_overlay
     from kit.models.checkpoint import load_checkpoint
-    from kit.training.trainer import postprocess_kwargs
 
     mlflow.log_params({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                        "stopped_early": result.stopped_early})
@@ -298,8 +315,7 @@ def _log_fold_end(trainer, result, val_images, work_dir: Path) -> None:
         return
     best, _, _ = load_checkpoint(result.best_checkpoint, map_location=trainer.device)
     trainer.model.load_state_dict(best.state_dict())
-    predictor = trainer.predictor()
     image_id, image, labels = val_images[0]
-    pred = instances_from_probs(predictor.predict_probs(image), predictor.channels, **postprocess_kwargs(trainer.cfg))
+    pred = trainer.segmenter()(image).labels
     overlay = save_overlay(work_dir / f"val_overlay_{image_id}.png", image, labels, pred)
     mlflow.log_artifact(str(overlay), "previews")

@@ -1,13 +1,15 @@
 """The training loop of one fold: optimiser steps on random crops, validation mAP each epoch,
 best/last checkpoints, early stopping, resume, AMP and channels-last on CUDA, DDP under torchrun.
 
+What differs between model tasks (batching, the loss of a batch, validation loss) is in
+`kit.training.tasks`; validation images go through the same `build_segmenter` as `kit predict`.
+
 MLflow stays outside: the loop reports each epoch's numbers through `on_epoch` and writes checkpoints
 to `work_dir`; the stage (`kit.training.stage`) logs them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,14 +24,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from kit.config import ExperimentConfig
-from kit.inference.postprocess import instances_from_probs
-from kit.inference.predictor import Predictor
+from kit.inference.segmenter import InstanceSegmenter, SemanticSegmenter, build_segmenter
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
-from kit.training.data import TrainingCrops, worker_init
+from kit.training.data import AugmentedCrops, TrainingCrops, worker_init
 from kit.training.distributed import DistContext
-from kit.training.losses import SegmentationLoss
 from kit.training.optim import build_optimizer, build_scheduler
+from kit.training.tasks import training_task
 
 ValImage = tuple[str, np.ndarray, np.ndarray]  # id, normalised uint8 image, labels
 
@@ -47,33 +48,14 @@ class FitResult:
     last_checkpoint: Path | None = None
 
 
-def postprocess_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The post-processing config as `instances_from_probs` keyword arguments."""
-    return cfg.postprocess.model_dump()
-
-
-def build_loss(cfg: ExperimentConfig) -> SegmentationLoss:
-    """The loss of `cfg.training.loss` for `cfg.targets`."""
-    loss = cfg.training.loss
-    return SegmentationLoss(
-        loss.mode,
-        ce_weight=loss.ce_weight,
-        dice_weight=loss.dice_weight,
-        dice_channels=loss.dice_channels,
-        channel_weights=loss.channel_weights,
-        use_pixel_weights=cfg.targets.border_weight != 1.0,
-        include_mask=cfg.targets.include_mask,
-    )
-
-
 def validation_map(
-    predictor: Predictor, images: Sequence[ValImage], postprocess: dict[str, Any]
+    segment: Callable[[np.ndarray], Any], images: Sequence[ValImage]
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """Mean DSB score over whole validation images and the predicted label images by id."""
+    """Mean DSB score over whole validation images and the predicted label images by id; `segment` maps
+    an image to a `kit.inference.segmenter.Segmentation`."""
     scores, predicted = [], {}
     for image_id, image, labels in images:
-        probs = predictor.predict_probs(image)
-        pred = instances_from_probs(probs, predictor.channels, **postprocess)
+        pred = segment(image).labels
         predicted[image_id] = pred
         scores.append(dsb_score(labels, pred))
     return (float(np.mean(scores)) if scores else float("nan")), predicted
@@ -86,7 +68,7 @@ class Trainer:
         self,
         cfg: ExperimentConfig,
         model: nn.Module,
-        train_set: TrainingCrops,
+        train_set: AugmentedCrops,
         val_set: TrainingCrops | None,
         val_images: Sequence[ValImage],
         *,
@@ -107,7 +89,7 @@ class Trainer:
         if self.tcfg.channels_last and device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = dist.wrap(self.model)
-        self.loss_fn = build_loss(cfg).to(device)
+        self.task = training_task(self.model, cfg, device, self.use_amp)
         self.train_set, self.val_set, self.val_images = train_set, val_set, list(val_images)
         self.sampler = DistributedSampler(train_set, shuffle=True, seed=self.tcfg.seed) if dist.enabled else None
         self.loader = DataLoader(
@@ -117,6 +99,7 @@ class Trainer:
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
             worker_init_fn=worker_init,
+            collate_fn=self.task.collate,
             # Drop a ragged last batch only when this process still gets at least one full batch.
             drop_last=len(self.sampler if self.sampler is not None else train_set) >= self.tcfg.batch_size,
             pin_memory=device.type == "cuda",
@@ -180,10 +163,11 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)
-            train_loss, n_images = self._train_epoch(epoch)
+            train_loss, parts, n_images = self._train_epoch(epoch)
             train_time = time.perf_counter() - started
             record: dict[str, float] = {
                 "train_loss": train_loss,
+                **{f"train_{name}": value for name, value in parts.items()},
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "train_time": train_time,
                 "train_images_per_s": n_images * self.dist.world_size / max(train_time, 1e-9),
@@ -208,11 +192,12 @@ class Trainer:
             last_checkpoint=self.last_path if self.last_path.exists() else None,
         )
 
-    def _train_epoch(self, epoch: int) -> tuple[float, int]:
-        """One pass over `steps_per_epoch` batches; returns (mean loss, images seen by this process)."""
+    def _train_epoch(self, epoch: int) -> tuple[float, dict[str, float], int]:
+        """One pass over `steps_per_epoch` batches; returns (mean loss, mean of each logged loss part,
+        images seen by this process)."""
         self.net.train()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else contextlib.nullcontext()
         losses: list[float] = []
+        parts: dict[str, list[float]] = {}
         n_images = 0
         bar = tqdm(
             total=self.steps_per_epoch,
@@ -224,14 +209,7 @@ class Trainer:
         for step, batch in enumerate(self.loader):
             if step >= self.steps_per_epoch:
                 break
-            image = batch["image"].to(self.device, non_blocking=True)
-            if self.tcfg.channels_last and self.device.type == "cuda":
-                image = image.contiguous(memory_format=torch.channels_last)
-            targets = batch["targets"].to(self.device, non_blocking=True)
-            weights = batch["weights"].to(self.device) if self.loss_fn.use_pixel_weights else None
-            with autocast:
-                logits = self.net(image)
-            loss = self.loss_fn(logits.float(), targets, weights)
+            loss, step_parts = self.task.loss(self.net, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower training.lr "
@@ -246,11 +224,14 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             losses.append(loss.item())
-            n_images += image.shape[0]
+            for name, value in step_parts.items():
+                parts.setdefault(name, []).append(value)
+            n_images += len(batch["id"])
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         bar.close()
-        return (float(np.mean(losses)) if losses else float("nan")), n_images
+        mean_parts = {name: float(np.mean(values)) for name, values in parts.items()}
+        return (float(np.mean(losses)) if losses else float("nan")), mean_parts, n_images
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
@@ -260,30 +241,16 @@ class Trainer:
         out: dict[str, float] = {}
         if self.val_set is not None and len(self.val_set):
             self.val_set.set_epoch(0)  # the same crops every epoch, so val_loss is comparable
-            losses = []
-            for i in range(len(self.val_set)):
-                item = self.val_set[i]
-                logits = self.model(item["image"][None].to(self.device))
-                weights = item["weights"][None].to(self.device) if self.loss_fn.use_pixel_weights else None
-                losses.append(self.loss_fn(logits.float(), item["targets"][None].to(self.device), weights).item())
-            out["val_loss"] = float(np.mean(losses))
+            val_loss = self.task.val_loss(self.model, self.val_set)
+            if val_loss is not None:
+                out["val_loss"] = val_loss
         if self.val_images:
-            predictor = self.predictor()
-            out["val_map"], _ = validation_map(predictor, self.val_images, postprocess_kwargs(self.cfg))
+            out["val_map"], _ = validation_map(self.segmenter(), self.val_images)
         return out
 
-    def predictor(self) -> Predictor:
-        """A predictor over the current weights with the experiment's inference settings (no TTA)."""
-        inf = self.cfg.inference
-        return Predictor(
-            [self.model],
-            mode=self.cfg.training.loss.mode,
-            tile=inf.tile,
-            overlap=inf.overlap,
-            batch_size=inf.batch_size,
-            device=self.device,
-            amp=self.tcfg.amp,
-        )
+    def segmenter(self) -> SemanticSegmenter | InstanceSegmenter:
+        """Image → instances over the current weights with the experiment's inference settings (no TTA)."""
+        return build_segmenter([self.model], self.cfg, device=self.device, amp=self.tcfg.amp)
 
     def _after_epoch(self, epoch: int, record: dict[str, float]) -> None:
         record = {"epoch": float(epoch), **record}
