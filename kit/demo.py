@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +50,8 @@ class DemoStep:
         )
 
 
-UNET = DemoStep("unet_effb0", epochs=24, samples_per_epoch=64, overrides=("training.val_every=3",))
-MASKRCNN = DemoStep("maskrcnn_cpu", epochs=12, samples_per_epoch=48, overrides=("training.val_every=3",))
+UNET = DemoStep("unet_effb0", epochs=16, samples_per_epoch=64, overrides=("training.val_every=4",))
+MASKRCNN = DemoStep("maskrcnn_cpu", epochs=8, samples_per_epoch=32, overrides=("training.val_every=4",))
 ENSEMBLE_EXPERIMENT = "ensemble"
 
 
@@ -94,10 +94,14 @@ def run_demo(
     *,
     synthetic: bool = False,
     budget: float = 1.0,
+    steps: Sequence[DemoStep] = (UNET, MASKRCNN),
     announce: Callable[[str], None] = print,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the whole journey (see the module docstring) and return the test-split table."""
+    """Run the whole journey (see the module docstring) and return the test-split table.
+
+    `steps` are the base models (default: the CPU-sized U-Net and Mask R-CNN); the ensemble stacks them.
+    """
     from kit.ensemble.stage import ensemble_experiment
     from kit.evaluation import evaluate_experiment
     from kit.inference.stage import predict_experiment
@@ -106,28 +110,29 @@ def run_demo(
     from kit.training.stage import train_experiment
 
     started = time.perf_counter()
-    announce(
-        "1/6 data: " + ("synthetic (40 images)" if synthetic else "mnfinder (49 real fluorescence images)")
-    )
+    n_stages = 4 + len(steps)
+    stage = iter(range(1, n_stages + 1))
+    what = "synthetic (40 images)" if synthetic else "mnfinder (49 real fluorescence images)"
+    announce(f"{next(stage)}/{n_stages} data: {what}")
     root, channels = prepare_data(synthetic, progress)
-    bases = [step.config(root, channels, budget) for step in (UNET, MASKRCNN)]
+    bases = [step.config(root, channels, budget) for step in steps]
     runs: dict[str, str] = {}
-    for i, cfg in enumerate(bases):
+    for cfg in bases:
         announce(
-            f"{2 + i}/6 train {cfg.name}: folds {list(DEMO_FOLDS)}, {cfg.training.epochs} epochs × "
-            f"{cfg.data.samples_per_epoch} crops"
+            f"{next(stage)}/{n_stages} train {cfg.name}: folds {list(DEMO_FOLDS)}, {cfg.training.epochs} "
+            f"epochs × {cfg.data.samples_per_epoch} crops, then out-of-fold and test predictions"
         )
         runs[f"train {cfg.name}"] = train_experiment(cfg, progress=progress, command="demo").parent_run_id
         for kind in ("oof", "test"):
             outcome = predict_experiment(
                 cfg,
                 oof=kind == "oof",
-                split=None if kind == "oof" else "test",
+                split="test" if kind == "test" else None,
                 progress=progress,
                 command="demo",
             )
             runs[f"predict {cfg.name} {kind}"] = outcome.run_id
-    announce("4/6 ensemble: LightGBM IoU model on the out-of-fold instances of both models")
+    announce(f"{next(stage)}/{n_stages} ensemble: LightGBM IoU model on the out-of-fold instances")
     ensemble_cfg = load_experiment(
         ENSEMBLE_EXPERIMENT,
         [
@@ -138,40 +143,25 @@ def run_demo(
     )
     ensemble = ensemble_experiment(ensemble_cfg, kind="test", progress=progress, command="demo")
     runs["ensemble"] = ensemble.run_id
-    announce("5/6 evaluate the test split")
+    announce(f"{next(stage)}/{n_stages} evaluate every model on the test split")
     rows = []
     for cfg in (*bases, ensemble_cfg):
-        evaluated = evaluate_experiment(cfg, kind="test", n_worst=2, command="demo")
-        summary = evaluated.evaluation.summary
+        summary = evaluate_experiment(cfg, kind="test", n_worst=2, command="demo").evaluation.summary
         lo, hi = summary["map_ci95"]
         rows.append(
-            {
-                "model": cfg.name,
-                "test mAP": summary["map"],
-                "95% CI": f"{lo:.3f}–{hi:.3f}",
-                "avg F1": summary["f1_avg"],
-                "nuclei": summary["n_pred"],
-            }
+            _row(cfg.name, summary["map"], f"{lo:.3f}–{hi:.3f}", summary["f1_avg"], summary["n_pred"])
         )
-    table = pd.DataFrame(rows)
-    announce("6/6 submission")
+    announce(f"{next(stage)}/{n_stages} submission and score")
     submitted = submit_experiment(ensemble_cfg, SUBMISSION_NAME, kind="test", command="demo")
-    scored = score_submission(submitted.path, root, split="test")
-    table.loc[len(table)] = {
-        "model": f"submission {submitted.path.name}",
-        "test mAP": scored.summary["map"],
-        "95% CI": "",
-        "avg F1": scored.summary["f1_avg"],
-        "nuclei": scored.summary["n_pred"],
-    }
-    estimated = (
-        ensemble.apply_index["estimated_score"].mean() if ensemble.apply_index is not None else float("nan")
+    scored = score_submission(submitted.path, root, split="test").summary
+    rows.append(
+        _row(f"submission {submitted.path.name}", scored["map"], "", scored["f1_avg"], scored["n_pred"])
     )
-    table.loc[len(table)] = {
-        "model": "ensemble, estimated without truth",
-        "test mAP": float(estimated),
-        "95% CI": "",
-        "avg F1": float("nan"),
-        "nuclei": "",
-    }
-    return DemoResult(table, submitted.path, time.perf_counter() - started, runs)
+    index = ensemble.apply_index
+    estimated = float(index["estimated_score"].mean()) if index is not None else float("nan")
+    rows.append(_row("ensemble, estimated without truth", estimated, "", float("nan"), ""))
+    return DemoResult(pd.DataFrame(rows), submitted.path, time.perf_counter() - started, runs)
+
+
+def _row(model: str, test_map: float, ci: str, f1: float, nuclei: object) -> dict[str, object]:
+    return {"model": model, "test mAP": test_map, "95% CI": ci, "avg F1": f1, "nuclei": nuclei}

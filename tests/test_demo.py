@@ -1,0 +1,41 @@
+"""`kit demo`: the whole journey (data → two base models → OOF/test predictions → ensemble → submission
+→ score) wired end to end, with tiny models on the synthetic data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from helpers import one_torch_thread
+
+from kit.demo import DemoStep, run_demo
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble(project_dir) -> None:
+    stages: list[str] = []
+    steps = (
+        DemoStep("unet_tiny", epochs=1, samples_per_epoch=8, overrides=("training.max_steps_per_epoch=2",)),
+        DemoStep(
+            "maskrcnn_tiny", epochs=1, samples_per_epoch=8, overrides=("training.max_steps_per_epoch=2",)
+        ),
+    )
+    result = run_demo(synthetic=True, steps=steps, announce=stages.append, progress=False)
+
+    assert [s.split(" ")[0] for s in stages] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
+    table = result.table.set_index("model")
+    assert list(table.index[:3]) == ["unet_tiny", "maskrcnn_tiny", "ensemble"]
+    # The submission holds exactly the ensemble's test predictions: scoring it gives the same mAP.
+    assert table.loc[f"submission {result.submission.name}", "test mAP"] == pytest.approx(
+        table.loc["ensemble", "test mAP"]
+    )
+    assert all(0.0 <= table.loc[m, "test mAP"] <= 1.0 for m in ("unet_tiny", "maskrcnn_tiny", "ensemble"))
+    assert math.isfinite(table.loc["ensemble, estimated without truth", "test mAP"])
+    assert result.submission.resolve() == project_dir / "submissions" / "demo_ensemble.csv"
+    assert result.submission.read_text().startswith("ImageId,EncodedPixels")
+    assert {"train unet_tiny", "train maskrcnn_tiny", "ensemble"} <= set(result.runs)
