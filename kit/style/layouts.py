@@ -89,7 +89,9 @@ class LayoutSampler:
             window = canvas[
                 top - self.margin : top + h + self.margin, left - self.margin : left + w + self.margin
             ]
-            keepout = ndi.binary_dilation(np.pad(group > 0, self.margin), _EIGHT, iterations=self.margin)
+            keepout = np.pad(group > 0, self.margin)
+            if self.margin:  # scipy repeats a dilation with iterations=0 until nothing changes
+                keepout = ndi.binary_dilation(keepout, _EIGHT, iterations=self.margin)
             if (window[keepout] > 0).any():
                 failures += 1
                 continue
