@@ -25,3 +25,29 @@ def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO_ROOT / "experiments", tmp_path / "experiments")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tests run tiny models: one torch thread is faster than two spinning on a busy 2-core machine."""
+    from helpers import one_torch_thread
+
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def synthetic_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic dataset (8 train images in 2 folds, 4 test), written once per module; copy it
+    before changing it."""
+    from helpers import write_tiny_synthetic
+
+    return write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic")
+
+
+@pytest.fixture
+def project(project_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """project_dir with an initialised, empty MLflow store."""
+    from helpers import empty_mlflow_store, seed_mlflow_store
+
+    return seed_mlflow_store(project_dir, empty_mlflow_store(tmp_path_factory))

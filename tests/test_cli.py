@@ -12,12 +12,8 @@ import pandas as pd
 import pytest
 from helpers import (
     FAST_OVERRIDES,
-    empty_mlflow_store,
     install_dataset,
-    one_torch_thread,
-    seed_mlflow_store,
     sha256,
-    write_tiny_synthetic,
 )
 from scipy import ndimage as ndi
 from typer.testing import CliRunner
@@ -28,24 +24,6 @@ from kit.data.dataset import NucleiDataset
 from kit.fileio import read_image, write_png
 
 WIDE = {"COLUMNS": "200"}  # rich tables keep whole cells on a wide terminal
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def synthetic_src(tmp_path_factory) -> Path:
-    """The tiny synthetic dataset (8 train images in 2 folds, 4 test), written once per module."""
-    return write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic")
-
-
-@pytest.fixture
-def project(project_dir, tmp_path_factory) -> Path:
-    """project_dir with an initialised, empty MLflow store."""
-    return seed_mlflow_store(project_dir, empty_mlflow_store(tmp_path_factory))
 
 
 @pytest.fixture

@@ -41,7 +41,12 @@ def test_overrides_are_typed(tmp_path):
     _write(tmp_path, "mine", {})
     cfg = load_experiment(
         "mine",
-        ["training.lr=1e-3", "training.folds=[0,2]", "model.pretrained=true", "model.params.decoder_attention=scse"],
+        [
+            "training.lr=1e-3",
+            "training.folds=[0,2]",
+            "model.pretrained=true",
+            "model.params.decoder_attention=scse",
+        ],
         directory=tmp_path / "experiments",
     )
     assert cfg.training.lr == pytest.approx(1e-3)
@@ -92,7 +97,11 @@ def test_missing_file_and_invalid_yaml(tmp_path):
 
 def test_resolved_config_round_trips_through_yaml():
     cfg = config_from_dict(
-        {"name": "x", "training": {"epochs": 3}, "augmentation": [{"name": "D4"}, {"name": "CLAHE", "p": 0.3, "clip_limit": 2.0}]}
+        {
+            "name": "x",
+            "training": {"epochs": 3},
+            "augmentation": [{"name": "D4"}, {"name": "CLAHE", "p": 0.3, "clip_limit": 2.0}],
+        }
     )
     again = ExperimentConfig.model_validate(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg

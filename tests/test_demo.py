@@ -6,15 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import one_torch_thread
 
 from kit.demo import DemoStep, run_demo
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble(project_dir) -> None:

@@ -14,7 +14,6 @@ from helpers import (
     empty_mlflow_store,
     inside_project,
     install_dataset,
-    one_torch_thread,
     seed_mlflow_store,
     write_tiny_synthetic,
 )
@@ -27,12 +26,6 @@ from kit.models import create_model, list_models, load_checkpoint, save_checkpoi
 from kit.training.data import InstanceCrops, collate_instances
 
 TINY = {"encoder": "test_resnet", "fpn_channels": 16, "box_head_size": 32, "max_detections": 50}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 def tiny_maskrcnn(**kwargs: object) -> torch.nn.Module:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_torch_thread
 
 from kit.data.normalize import normalize_image
 from kit.data.synthetic import generate_synthetic
@@ -33,12 +32,6 @@ TINY = {
     "lr": 2e-3,
     "log_every": 10,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from helpers import (
     FAST_OVERRIDES,
     empty_mlflow_store,
     install_dataset,
-    one_torch_thread,
     seed_mlflow_store,
     write_tiny_synthetic,
 )
@@ -27,12 +26,6 @@ from kit.style.report import styles_table
 from kit.training.data import MixedCrops, extra_crop_sources
 
 TINY_FIT = ["--steps", 6, "--crop", 32, "--base-channels", 8, "--depth", 3, "--batch-size", 2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -128,4 +128,3 @@ def test_test_split_stratified_by_style():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(DataError):
         generate_synthetic(2, seed=0, **kwargs)
-

@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,8 @@ from helpers import (
     empty_mlflow_store,
     inside_project,
     install_dataset,
-    one_torch_thread,
     seed_mlflow_store,
     sha256,
-    write_tiny_synthetic,
 )
 
 from kit import tracking
@@ -35,24 +32,6 @@ from kit.training.data import TrainingCrops, fold_ids
 from kit.training.optim import lr_factor
 
 METRICS = ("train_loss", "val_loss", "val_map", "lr", "epoch_time")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def synthetic_src(tmp_path_factory) -> Path:
-    """The tiny synthetic dataset, written once per module; copy it before changing it."""
-    return write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic")
-
-
-@pytest.fixture
-def project(project_dir, tmp_path_factory) -> Path:
-    """project_dir with an initialised, empty MLflow store."""
-    return seed_mlflow_store(project_dir, empty_mlflow_store(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
