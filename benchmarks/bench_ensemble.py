@@ -16,25 +16,13 @@ selection = `select_instances`. Best of `--repeats` after a warm-up.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from timing import best_time
 
 SHAPE = (1024, 1024)
 SOURCES = ("unet_a", "unet_b")
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time in seconds of `repeats` calls of `fn` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def source_maps(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -147,18 +135,18 @@ def main() -> None:
     )
     for name, cands in (("pipeline", pipeline), ("worst case", worst)):
         build = (
-            best_time(lambda: image_candidates("img", sources, [0.6, 0.7, 0.8]), args.repeats)
+            best_time(lambda: image_candidates("img", sources, [0.6, 0.7, 0.8]), args.repeats)[0]
             if name == "pipeline"
             else float("nan")
         )
-        feats = best_time(lambda c=cands: candidate_features(c, SOURCES, radii), args.repeats)
-        tgt = best_time(lambda c=cands: best_truth_iou(c, truth), args.repeats)
+        feats = best_time(lambda c=cands: candidate_features(c, SOURCES, radii), args.repeats)[0]
+        tgt = best_time(lambda c=cands: best_truth_iou(c, truth), args.repeats)[0]
         frame = candidate_features(cands, SOURCES, radii)
-        pred = best_time(lambda f=frame: model.predict(f), args.repeats)
+        pred = best_time(lambda f=frame: model.predict(f), args.repeats)[0]
         predicted = model.predict(frame)
         sel = best_time(
             lambda c=cands, p=predicted: select_instances(c.layers, c.table, p, threshold=0.3), args.repeats
-        )
+        )[0]
         print(
             f"{name:<11} {len(cands):>10} {1000 * build:>7.0f} {1000 * feats:>9.0f} {1000 * tgt:>7.0f} "
             f"{1000 * pred:>7.0f} {1000 * sel:>7.0f}"

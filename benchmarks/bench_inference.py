@@ -16,23 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
 
 import numpy as np
+from timing import best_time
 
 SIZES = ((512, 512), (1040, 1388))
-
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time in seconds of `repeats` calls of `fn` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def realistic_probs(shape: tuple[int, int], channels: tuple[str, ...], seed: int = 0) -> np.ndarray:
@@ -89,11 +77,11 @@ def main() -> None:
         for shape in SIZES:
             rng = np.random.default_rng(0)
             image = rng.integers(0, 255, (*shape, plain.in_channels), dtype=np.uint8)
-            network = best_time(lambda p=plain, x=image: p.predict_probs(x), args.repeats)
-            tta = best_time(lambda p=d4, x=image: p.predict_probs(x), max(1, args.repeats - 1))
+            network = best_time(lambda p=plain, x=image: p.predict_probs(x), args.repeats)[0]
+            tta = best_time(lambda p=d4, x=image: p.predict_probs(x), max(1, args.repeats - 1))[0]
             probs = realistic_probs(shape, channels)
             labels = instances_from_probs(probs, channels)
-            post = best_time(lambda p=probs, c=channels: instances_from_probs(p, c), args.repeats)
+            post = best_time(lambda p=probs, c=channels: instances_from_probs(p, c), args.repeats)[0]
             ratio = post / network
             print(
                 f"{name:<11} {shape[0]:>4}x{shape[1]:<5} {int(labels.max()):>6} {network:>8.3f} {tta:>8.2f} "

@@ -8,9 +8,9 @@ warm-up call that compiles or loads the numba kernels) and checks that their out
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
+from timing import best_time
 
 from kit.submission.rle import (
     decode_labels,
@@ -49,16 +49,6 @@ def synthetic_labels(shape: tuple[int, int], n: int, seed: int = 0) -> np.ndarra
     return labels
 
 
-def best_ms(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Best wall time of `repeats` calls in milliseconds, and the last result."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times), result
-
-
 def main() -> None:
     start = time.perf_counter()
     warm = synthetic_labels((64, 64), 5)
@@ -75,13 +65,18 @@ def main() -> None:
     for shape, n in CASES:
         labels = synthetic_labels(shape, n)
         ref_repeats = 3 if labels.size < 10**6 else 2
-        enc_ref_ms, enc_ref = best_ms(lambda labels=labels: encode_labels_reference(labels), ref_repeats)
-        enc_kit_ms, enc_kit = best_ms(lambda labels=labels: encode_labels(labels), 20)
-        rles = list(enc_kit.values())
-        dec_ref_ms, dec_ref = best_ms(
-            lambda rles=rles, shape=shape: decode_labels_reference(rles, shape), ref_repeats
+        enc_ref_s, enc_ref = best_time(
+            lambda labels=labels: encode_labels_reference(labels), ref_repeats, warmup=False
         )
-        dec_kit_ms, dec_kit = best_ms(lambda rles=rles, shape=shape: decode_labels(rles, shape), 20)
+        enc_kit_s, enc_kit = best_time(lambda labels=labels: encode_labels(labels), 20)
+        rles = list(enc_kit.values())
+        dec_ref_s, dec_ref = best_time(
+            lambda rles=rles, shape=shape: decode_labels_reference(rles, shape), ref_repeats, warmup=False
+        )
+        dec_kit_s, dec_kit = best_time(lambda rles=rles, shape=shape: decode_labels(rles, shape), 20)
+        enc_ref_ms, enc_kit_ms, dec_ref_ms, dec_kit_ms = (
+            1e3 * t for t in (enc_ref_s, enc_kit_s, dec_ref_s, dec_kit_s)
+        )
         n_runs = sum(len(r.split()) // 2 for r in rles)
         enc_check = "OK" if enc_kit == enc_ref else "MISMATCH"
         dec_check = "OK" if np.array_equal(dec_kit, dec_ref) else "MISMATCH"

@@ -10,13 +10,11 @@ not timed); kit gets the raw ids. Both are timed in this process, best of severa
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 from scipy.spatial import cKDTree
 from skimage.draw import ellipse
 from skimage.segmentation import relabel_sequential
+from timing import best_time
 
 from kit.metrics import dsb_score
 
@@ -90,16 +88,6 @@ def synthetic_pair(shape: tuple[int, int], n: int, rng: np.random.Generator) -> 
     return truth, pred
 
 
-def timed(fn: Callable[[np.ndarray, np.ndarray], float], args: tuple, repeats: int) -> tuple[float, float]:
-    """(best time in ms over `repeats` calls of fn(*args), the score returned)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        score = fn(*args)
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times), score
-
-
 def main() -> None:
     rng = np.random.default_rng(0)
     perfect = np.zeros((32, 32), np.int32)
@@ -116,8 +104,9 @@ def main() -> None:
     for shape, n, repeats in CASES:
         truth, pred = synthetic_pair(shape, n, rng)
         truth_seq, pred_seq = relabel_sequential(truth)[0], relabel_sequential(pred)[0]
-        ref_ms, ref = timed(kaggle_score, (truth_seq, pred_seq), repeats)
-        kit_ms, kit = timed(dsb_score, (truth, pred), repeats)
+        ref_s, ref = best_time(lambda t=truth_seq, p=pred_seq: kaggle_score(t, p), repeats)
+        kit_s, kit = best_time(lambda t=truth, p=pred: dsb_score(t, p), repeats)
+        ref_ms, kit_ms = 1e3 * ref_s, 1e3 * kit_s
         n_true, n_pred = len(np.unique(truth)) - 1, len(np.unique(pred)) - 1
         print(
             f"{shape[0]:>4}x{shape[1]:<5} {n_true:>6} {n_pred:>6} {ref_ms:>8.2f} {kit_ms:>7.2f} "

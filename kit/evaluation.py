@@ -24,6 +24,7 @@ from kit.config import ExperimentConfig
 from kit.errors import DataError
 from kit.fileio import atomic_write_text
 from kit.metrics import Evaluation, evaluate, plot_ap_curves
+from kit.scoring import summary_metrics, write_report
 
 EVALUATE_ROLE = "evaluate"
 OUTPUT_DIR = Path("outputs") / "evaluate"
@@ -80,14 +81,6 @@ def predicted_pairs(cfg: ExperimentConfig, kind: str = "oof", predict_run_id: st
     return run, dataset, truth, predicted
 
 
-def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of an evaluation summary as MLflow metric names → floats (ap_0.50, map, f1_avg, ...)."""
-    out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out.update({f"ap_{t}": float(v) for t, v in summary["ap_per_threshold"].items()})
-    out.update({f"missed_0.7_{k}": float(v) for k, v in summary["missed_0.7"].items()})
-    return out
-
-
 def evaluate_experiment(
     cfg: ExperimentConfig,
     *,
@@ -106,7 +99,6 @@ def evaluate_experiment(
     `compare`: further experiments whose newest predict run of `kind` is evaluated too and drawn as one
     curve each on `compare_ap_vs_iou.png`, with a row each in `compare.csv` (this experiment first).
     """
-    from kit.scoring import write_report
 
     run, dataset, truth, predicted = predicted_pairs(cfg, kind, predict_run_id)
     pairs = ((i, truth[i], predicted[i]) for i in sorted(predicted))

@@ -20,8 +20,12 @@ def leaderboard(experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
     names = {e.experiment_id: e.name for e in experiments}
     if not ids:
         return pd.DataFrame()
-    runs = client.search_runs(ids, filter_string="tags.`kit.role` = 'train'", order_by=["attributes.start_time DESC"],
-                              max_results=limit)
+    runs = client.search_runs(
+        ids,
+        filter_string="tags.`kit.role` = 'train'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
     rows = []
     for run in runs:
         children = client.search_runs(

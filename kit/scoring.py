@@ -45,7 +45,17 @@ def load_truth(truth: Path, split: str | None = None, ids: set[str] | None = Non
         from kit.submission import read_submission_labels
 
         return read_submission_labels(truth)
-    raise DataError(f"{truth}: truth must be a labels CSV (ImageId,EncodedPixels,Height,Width) or a dataset folder")
+    raise DataError(
+        f"{truth}: truth must be a labels CSV (ImageId,EncodedPixels,Height,Width) or a dataset folder"
+    )
+
+
+def summary_metrics(summary: Mapping[str, object]) -> dict[str, float]:
+    """The numbers of an evaluation summary as MLflow metric names → floats (ap_0.50, map, f1_avg, ...)."""
+    out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update({f"ap_{t}": float(v) for t, v in summary["ap_per_threshold"].items()})
+    out.update({f"missed_0.7_{k}": float(v) for k, v in summary["missed_0.7"].items()})
+    return out
 
 
 def score_submission(
@@ -86,7 +96,10 @@ def write_report(
         for image_id in worst:
             paths.append(
                 save_overlay(
-                    out_dir / "overlays" / f"{image_id}.png", images[image_id], truth[image_id], predicted[image_id]
+                    out_dir / "overlays" / f"{image_id}.png",
+                    images[image_id],
+                    truth[image_id],
+                    predicted[image_id],
                 )
             )
     return paths

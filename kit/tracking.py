@@ -24,8 +24,18 @@ from kit.errors import RunNotFoundError
 
 STORE_DIR = Path("mlruns")
 TAG_PREFIX = "kit."
-TRACKED_PACKAGES = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
-                    "lightgbm", "mlflow", "numpy", "numba", "scikit-image")
+TRACKED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "segmentation-models-pytorch",
+    "albumentations",
+    "lightgbm",
+    "mlflow",
+    "numpy",
+    "numba",
+    "scikit-image",
+)
 
 
 def tracking_uri() -> str:

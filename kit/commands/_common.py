@@ -64,7 +64,10 @@ def print_summary(summary: dict, title: str) -> None:
         ("images", f"{summary['n_images']}"),
         ("nuclei true / predicted", f"{summary['n_true']} / {summary['n_pred']}"),
         ("DSB mAP@[.5:.95]", f"[bold]{summary['map']:.4f}[/]  (95% CI {lo:.3f}–{hi:.3f})"),
-        ("AP@0.5 / AP@0.75", f"{summary['ap_per_threshold']['0.50']:.3f} / {summary['ap_per_threshold']['0.75']:.3f}"),
+        (
+            "AP@0.5 / AP@0.75",
+            f"{summary['ap_per_threshold']['0.50']:.3f} / {summary['ap_per_threshold']['0.75']:.3f}",
+        ),
         ("average F1 (0.50–0.90)", f"{summary['f1_avg']:.4f}"),
         ("precision / recall @0.5", f"{summary['precision_0.5']:.3f} / {summary['recall_0.5']:.3f}"),
         ("precision / recall @0.7", f"{summary['precision_0.7']:.3f} / {summary['recall_0.7']:.3f}"),

@@ -10,14 +10,20 @@ import typer
 
 from kit.commands._common import DATA_DIR, DataOption, console, print_frame, resolve_dataset_dir
 
-app = typer.Typer(help="Import, synthesise and inspect data sets (DSB layout + manifest.csv).", no_args_is_help=True)
-import_app = typer.Typer(help="Import a data set into data/<name>/ (DSB layout, manifest, folds).", no_args_is_help=True)
+app = typer.Typer(
+    help="Import, synthesise and inspect data sets (DSB layout + manifest.csv).", no_args_is_help=True
+)
+import_app = typer.Typer(
+    help="Import a data set into data/<name>/ (DSB layout, manifest, folds).", no_args_is_help=True
+)
 app.add_typer(import_app, name="import")
 
 DATA_EXPERIMENT = "datasets"
 
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder. Default: data/<name>/.")]
-FoldsOption = Annotated[int, typer.Option("--k", help="Number of cross-validation folds over the train split.", min=2)]
+FoldsOption = Annotated[
+    int, typer.Option("--k", help="Number of cross-validation folds over the train split.", min=2)
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for style clustering and fold assignment.")]
 
 
@@ -33,12 +39,16 @@ def _finish_import(out: Path, kind: str, started: float) -> None:
 
         tracking.log_dataset(out / "manifest.csv", name=out.name, context="import")
         mlflow.log_params({"kind": kind, "path": str(out.resolve()), "n_images": len(manifest)})
-        mlflow.log_metrics({"import_seconds": elapsed, "n_nuclei": float(manifest["n_nuclei"].fillna(0).sum())})
+        mlflow.log_metrics(
+            {"import_seconds": elapsed, "n_nuclei": float(manifest["n_nuclei"].fillna(0).sum())}
+        )
         mlflow.log_artifact(str(out / "manifest.csv"))
         if (out / "dataset.json").is_file():
             mlflow.log_artifact(str(out / "dataset.json"))
     _print_summary(out, manifest)
-    console.print(f"[green]wrote[/] {out} in {elapsed:.1f} s (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')")
+    console.print(
+        f"[green]wrote[/] {out} in {elapsed:.1f} s (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')"
+    )
 
 
 def _print_summary(root: Path, manifest) -> None:
@@ -52,15 +62,26 @@ def _print_summary(root: Path, manifest) -> None:
 
 @import_app.command("dsb2018")
 def import_dsb2018_command(
-    path: Annotated[Path, typer.Argument(help="DSB2018 folder (stage1_train/, or its parent) or a .zip of it.", exists=True)],
+    path: Annotated[
+        Path,
+        typer.Argument(help="DSB2018 folder (stage1_train/, or its parent) or a .zip of it.", exists=True),
+    ],
     name: Annotated[str, typer.Option(help="Dataset name (folder under data/).")] = "dsb2018",
     out: OutOption = None,
     labels_csv: Annotated[
         Path | None,
-        typer.Option("--labels-csv", help="Read the truth from stage1_train_labels.csv instead of masks/.", exists=True, dir_okay=False),
+        typer.Option(
+            "--labels-csv",
+            help="Read the truth from stage1_train_labels.csv instead of masks/.",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     resolve_overlaps: Annotated[
-        bool, typer.Option("--resolve-overlaps", help="Give contested mask pixels to the nearest nucleus centroid.")
+        bool,
+        typer.Option(
+            "--resolve-overlaps", help="Give contested mask pixels to the nearest nucleus centroid."
+        ),
     ] = False,
     k: FoldsOption = 4,
     seed: SeedOption = 0,
@@ -73,7 +94,13 @@ def import_dsb2018_command(
     out = out or DATA_DIR / name
     reader = read_submission_labels if labels_csv is not None else None
     import_dsb2018(
-        path, out, labels_csv=labels_csv, labels_csv_reader=reader, resolve_overlaps=resolve_overlaps, k_folds=k, seed=seed
+        path,
+        out,
+        labels_csv=labels_csv,
+        labels_csv_reader=reader,
+        resolve_overlaps=resolve_overlaps,
+        k_folds=k,
+        seed=seed,
     )
     _finish_import(out, "dsb2018", started)
 
@@ -82,7 +109,8 @@ def import_dsb2018_command(
 def import_mnfinder_command(
     out: OutOption = None,
     cache_dir: Annotated[
-        Path | None, typer.Option("--cache-dir", help="Where the mnfinder wheel is cached. Default: ~/.cache/kit.")
+        Path | None,
+        typer.Option("--cache-dir", help="Where the mnfinder wheel is cached. Default: ~/.cache/kit."),
     ] = None,
     k: FoldsOption = 4,
     seed: SeedOption = 0,
@@ -102,7 +130,9 @@ def synth_command(
     seed: SeedOption = 0,
     name: Annotated[str, typer.Option(help="Dataset name (folder under data/).")] = "synthetic",
     out: OutOption = None,
-    size: Annotated[int | None, typer.Option(help="Square image size; default varies per image (192–320 px).")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Square image size; default varies per image (192–320 px).")
+    ] = None,
     k: FoldsOption = 4,
 ) -> None:
     """Generate a synthetic data set with exact truth (fluorescence and brightfield styles, a test split)."""
@@ -113,7 +143,14 @@ def synth_command(
     out = out or DATA_DIR / name
     samples = generate_synthetic(n, seed, size=(size, size) if size else None)
     write_dataset(
-        samples, out, name=name, kind="synthetic", source=f"kit data synth --n {n} --seed {seed}", notes=[], k_folds=k, seed=seed
+        samples,
+        out,
+        name=name,
+        kind="synthetic",
+        source=f"kit data synth --n {n} --seed {seed}",
+        notes=[],
+        k_folds=k,
+        seed=seed,
     )
     _finish_import(out, "synthetic", started)
 
@@ -123,7 +160,10 @@ def folds_command(
     data: DataOption = None,
     k: FoldsOption = 4,
     clusters: Annotated[
-        int | None, typer.Option("--clusters", help="Number of style clusters; default: chosen by silhouette score.", min=1)
+        int | None,
+        typer.Option(
+            "--clusters", help="Number of style clusters; default: chosen by silhouette score.", min=1
+        ),
     ] = None,
     seed: SeedOption = 0,
 ) -> None:
@@ -147,7 +187,9 @@ def folds_command(
 def styles_command(
     data: DataOption = None,
     per_style: Annotated[int, typer.Option("--per-style", help="Images shown per style cluster.", min=1)] = 6,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write. Default: outputs/styles/<name>.png.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write. Default: outputs/styles/<name>.png.")
+    ] = None,
 ) -> None:
     """Show the style clusters: a PNG mosaic of a few images per cluster and cluster sizes per split."""
     from kit import tracking
@@ -166,11 +208,17 @@ def styles_command(
         tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="styles")
         mlflow.log_artifact(str(mosaic))
         mlflow.log_artifact(str(csv))
-    print_frame(table, title=f"{dataset.name}: style clusters × split (images, % of split)", float_format="{:.1f}")
+    print_frame(
+        table, title=f"{dataset.name}: style clusters × split (images, % of split)", float_format="{:.1f}"
+    )
     rare = table.loc[table["rare_in_train"], "style"].tolist()
     if rare:
-        console.print(f"styles rare in training: {', '.join(map(str, rare))} (see `kit style fit` and classical style augmentation)")
-    console.print(f"[green]wrote[/] {mosaic} and {csv.name} (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')")
+        console.print(
+            f"styles rare in training: {', '.join(map(str, rare))} (see `kit style fit` and classical style augmentation)"
+        )
+    console.print(
+        f"[green]wrote[/] {mosaic} and {csv.name} (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')"
+    )
 
 
 @app.command("summary")
@@ -186,7 +234,9 @@ def summary_command(data: DataOption = None) -> None:
 def show_command(
     image_id: Annotated[str, typer.Argument(metavar="ID", help="Image id (see manifest.csv).")],
     data: DataOption = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write. Default: outputs/show/<id>.png.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="PNG to write. Default: outputs/show/<id>.png.")
+    ] = None,
 ) -> None:
     """Write a PNG of an image with the contours of its nuclei and print its path."""
     from kit.data.dataset import NucleiDataset
@@ -194,7 +244,9 @@ def show_command(
 
     root = resolve_dataset_dir(data)
     sample = NucleiDataset(root).load(image_id)
-    picture = display_rgb(sample.image) if sample.labels is None else contour_overlay(sample.image, sample.labels)
+    picture = (
+        display_rgb(sample.image) if sample.labels is None else contour_overlay(sample.image, sample.labels)
+    )
     out = out or Path("outputs") / "show" / f"{image_id}.png"
     save_png(out, picture)
     typer.echo(str(out))

@@ -37,6 +37,17 @@ def ui_command(
     tracking.configure()
     url = f"http://127.0.0.1:{port}"
     console.print(f"MLflow UI for {uri} at [bold]{url}[/] (Ctrl-C stops it)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with contextlib.suppress(KeyboardInterrupt):
         subprocess.run(cmd, check=False)

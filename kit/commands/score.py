@@ -14,17 +14,34 @@ SCORE_EXPERIMENT = "scores"
 
 
 def score_command(
-    submission: Annotated[Path, typer.Argument(help="Submission CSV (ImageId,EncodedPixels).", exists=True, dir_okay=False)],
+    submission: Annotated[
+        Path, typer.Argument(help="Submission CSV (ImageId,EncodedPixels).", exists=True, dir_okay=False)
+    ],
     truth: Annotated[
         Path,
-        typer.Option("--truth", "-t", help="Labels CSV with Height,Width (e.g. stage1_solution.csv) or a kit dataset folder.", exists=True),
+        typer.Option(
+            "--truth",
+            "-t",
+            help="Labels CSV with Height,Width (e.g. stage1_solution.csv) or a kit dataset folder.",
+            exists=True,
+        ),
     ],
     split: Annotated[
-        str | None, typer.Option(help="Dataset split to score against (default: the splits the submission's ids are in).")
+        str | None,
+        typer.Option(
+            help="Dataset split to score against (default: the splits the submission's ids are in)."
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder. Default: outputs/score/<submission name>/.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (nothing else on stdout).")] = False,
-    track: Annotated[bool, typer.Option(help="Log the score as an MLflow run in experiment 'scores'.")] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Report folder. Default: outputs/score/<submission name>/."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON (nothing else on stdout).")
+    ] = False,
+    track: Annotated[
+        bool, typer.Option(help="Log the score as an MLflow run in experiment 'scores'.")
+    ] = True,
 ) -> None:
     """Validate a submission, score it with DSB mAP@[.5:.95] (strict IoU > t), print and plot the error report."""
     from kit.scoring import score_submission, write_report
@@ -45,12 +62,11 @@ def _log_score(submission: Path, truth: Path, evaluation, out: Path) -> None:
     import mlflow
 
     from kit import tracking
+    from kit.scoring import summary_metrics
 
     summary = evaluation.summary
     with tracking.start_run(SCORE_EXPERIMENT, "score", run_name=submission.stem):
         mlflow.log_params({"submission": str(submission.resolve()), "truth": str(truth.resolve())})
-        metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics.update({f"ap_{t}": v for t, v in summary["ap_per_threshold"].items()})
-        mlflow.log_metrics({k.replace("@", "_"): float(v) for k, v in metrics.items()})
+        mlflow.log_metrics(summary_metrics(summary))
         mlflow.log_artifacts(str(out), artifact_path="report")
         mlflow.log_artifact(str(submission), artifact_path="submission")

@@ -9,7 +9,9 @@ import typer
 from kit.commands._common import OverridesOption, console
 from kit.errors import ConfigError
 
-ExpOption = Annotated[str, typer.Option("--exp", "-e", help="Experiment name (in ./experiments/) or path to a YAML file.")]
+ExpOption = Annotated[
+    str, typer.Option("--exp", "-e", help="Experiment name (in ./experiments/) or path to a YAML file.")
+]
 
 
 def parse_folds(text: str | None) -> list[int] | str | None:
@@ -19,15 +21,24 @@ def parse_folds(text: str | None) -> list[int] | str | None:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ConfigError(f"--folds must be a comma-separated list of fold numbers or 'all', got '{text}'") from None
+        raise ConfigError(
+            f"--folds must be a comma-separated list of fold numbers or 'all', got '{text}'"
+        ) from None
 
 
 def train_command(
     exp: ExpOption,
-    folds: Annotated[str | None, typer.Option(help="Folds to train: '0,1,2,3' or 'all'. Default: training.folds of the config.")] = None,
+    folds: Annotated[
+        str | None,
+        typer.Option(help="Folds to train: '0,1,2,3' or 'all'. Default: training.folds of the config."),
+    ] = None,
     overrides: OverridesOption = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished training run of this experiment.")] = False,
-    dump_config: Annotated[bool, typer.Option("--dump-config", help="Print the resolved config as YAML and exit.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the newest unfinished training run of this experiment.")
+    ] = False,
+    dump_config: Annotated[
+        bool, typer.Option("--dump-config", help="Print the resolved config as YAML and exit.")
+    ] = False,
 ) -> None:
     """Train an experiment's model on its folds (U-Net family or Mask R-CNN), validating DSB mAP every epoch."""
     from kit.config import load_experiment
@@ -42,7 +53,9 @@ def train_command(
     if not outcome.parent_run_id:
         return  # a non-zero rank under torchrun
     for fold in outcome.folds:
-        console.print(f"fold {fold.fold}: best val mAP {fold.best_val_map:.4f} at epoch {fold.best_epoch + 1} (run {fold.run_id[:8]})")
+        console.print(
+            f"fold {fold.fold}: best val mAP {fold.best_val_map:.4f} at epoch {fold.best_epoch + 1} (run {fold.run_id[:8]})"
+        )
     maps = outcome.val_maps
     if maps:
         import numpy as np

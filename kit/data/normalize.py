@@ -37,3 +37,10 @@ def normalize_image(image: np.ndarray, channels: int = 3, low: float = 1.0, high
     if out.shape[2] != channels:
         out = np.repeat(out, channels, axis=2)
     return out
+
+
+def image_to_tensor(image: np.ndarray):
+    """A normalised uint8 H×W×C image as the network input: float32 torch tensor (C, H, W) in [0, 1]."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)

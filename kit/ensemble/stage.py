@@ -215,7 +215,7 @@ def _settings(cfg: ExperimentConfig) -> EnsembleConfig:
     if ens is None or not ens.bases:
         raise ConfigError(
             f"experiment '{cfg.name}' has no ensemble.bases; list the base experiments in its `ensemble:` "
-            f"section (e.g. bases: [unet_effb0, maskrcnn_r50]) or --set ensemble.bases=[A,B]"
+            f"section (e.g. bases: [unet_effb0, maskrcnn_cpu]) or --set ensemble.bases=[A,B]"
         )
     if len(set(ens.bases)) < len(ens.bases):
         raise ConfigError(f"ensemble.bases lists an experiment twice: {', '.join(ens.bases)}")

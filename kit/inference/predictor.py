@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kit.data.normalize import image_to_tensor
 from kit.inference.tiling import model_predictor, predict_tiled
 from kit.inference.tta import predict_tta
 
@@ -22,8 +23,7 @@ def image_tensor(image: np.ndarray, in_channels: int, device: torch.device) -> t
     """Normalised uint8 H×W×C → float32 (C, H, W) in [0, 1] on `device`; ValueError for the wrong shape."""
     if image.ndim != 3 or image.shape[2] != in_channels:
         raise ValueError(f"expected an H×W×{in_channels} image, got shape {image.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-    return tensor.to(device)
+    return image_to_tensor(image).to(device)
 
 
 class Predictor:
@@ -72,7 +72,12 @@ class Predictor:
         with autocast:
             for fn in self._fns:
                 tiled = lambda t, fn=fn: predict_tiled(  # noqa: E731 - binds this model's fn
-                    fn, t, tile=self.tile, overlap=self.overlap, multiple=self.multiple, batch_size=self.batch_size
+                    fn,
+                    t,
+                    tile=self.tile,
+                    overlap=self.overlap,
+                    multiple=self.multiple,
+                    batch_size=self.batch_size,
                 )
                 probs = predict_tta(tiled, x, self.tta, self.scales)
                 total = probs if total is None else total + probs

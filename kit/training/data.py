@@ -15,23 +15,30 @@ from torch.utils.data import Dataset
 
 from kit.augment import Augmentation
 from kit.data.dataset import NucleiDataset
+from kit.data.normalize import image_to_tensor
 from kit.data.torch_dataset import CropDataset
 from kit.errors import DataError
 from kit.targets import border_weight_map, instance_targets, make_targets
 
 
-def fold_ids(dataset: NucleiDataset, fold: int, splits: Sequence[str] = ("train",)) -> tuple[list[str], list[str]]:
+def fold_ids(
+    dataset: NucleiDataset, fold: int, splits: Sequence[str] = ("train",)
+) -> tuple[list[str], list[str]]:
     """(training ids, validation ids) of `fold`: validation = the fold's images, training = the rest.
 
     Only images of `splits` with truth take part. Raises DataError when folds were never assigned or the
     fold is empty.
     """
-    rows = dataset.manifest[dataset.manifest["split"].isin(list(splits)) & dataset.manifest["n_nuclei"].notna()]
+    rows = dataset.manifest[
+        dataset.manifest["split"].isin(list(splits)) & dataset.manifest["n_nuclei"].notna()
+    ]
     if rows.empty:
         raise DataError(f"{dataset.root}: no annotated images in split(s) {', '.join(splits)}")
     folds = sorted(int(f) for f in rows["fold"].unique() if f >= 0)
     if not folds:
-        raise DataError(f"{dataset.root}: no folds assigned; run `kit data folds --data {dataset.root} --k 4`")
+        raise DataError(
+            f"{dataset.root}: no folds assigned; run `kit data folds --data {dataset.root} --k 4`"
+        )
     if fold not in folds:
         raise DataError(f"{dataset.root}: fold {fold} does not exist (folds: {', '.join(map(str, folds))})")
     val = rows.loc[rows["fold"] == fold, "id"].tolist()
@@ -39,11 +46,6 @@ def fold_ids(dataset: NucleiDataset, fold: int, splits: Sequence[str] = ("train"
     if not train:
         raise DataError(f"{dataset.root}: fold {fold} leaves no training images")
     return train, val
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 H×W×C → float32 (C, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
 class AugmentedCrops(Dataset):

@@ -84,7 +84,11 @@ def build_model(cfg: ExperimentConfig):
     from kit.models.registry import model_arguments
     from kit.targets import target_channels
 
-    kwargs = {"encoder": cfg.model.encoder, "in_channels": cfg.data.channels, "pretrained": cfg.model.pretrained}
+    kwargs = {
+        "encoder": cfg.model.encoder,
+        "in_channels": cfg.data.channels,
+        "pretrained": cfg.model.pretrained,
+    }
     if "channels" in model_arguments(cfg.model.name):
         kwargs["channels"] = target_channels(cfg.targets.include_mask)
     return create_model(cfg.model.name, **kwargs, **cfg.model.params)
@@ -116,7 +120,9 @@ def train_experiment(
     import mlflow
 
     tags = {"kit.role": PARENT_ROLE, "kit.folds": ",".join(map(str, fold_list))}
-    with tracking.start_run(experiment, command, run_name=f"{cfg.name}", tags=tags, run_id=parent_id) as parent:
+    with tracking.start_run(
+        experiment, command, run_name=f"{cfg.name}", tags=tags, run_id=parent_id
+    ) as parent:
         outcome = TrainOutcome(parent_run_id=parent.info.run_id, experiment=experiment)
         if parent_id is None:
             mlflow.log_text(cfg.to_yaml(), "config.yaml")
@@ -126,7 +132,9 @@ def train_experiment(
             outcome.folds.append(_run_fold(cfg, dataset, fold, dist, parent.info.run_id, command, progress))
         maps = [m for m in outcome.val_maps if math.isfinite(m)]
         if maps:
-            mlflow.log_metrics({"cv_val_map_mean": float(np.mean(maps)), "cv_val_map_std": float(np.std(maps))})
+            mlflow.log_metrics(
+                {"cv_val_map_mean": float(np.mean(maps)), "cv_val_map_std": float(np.std(maps))}
+            )
     return outcome
 
 
@@ -143,12 +151,20 @@ def _resumable_parent(experiment: str) -> tuple[str, ExperimentConfig]:
 
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
     cfg = config_from_dict(yaml.safe_load(text), f"config.yaml of run {run.info.run_id}")
-    cfg.training.folds = [int(f) for f in run.data.tags.get("kit.folds", "").split(",") if f] or cfg.training.folds
+    cfg.training.folds = [
+        int(f) for f in run.data.tags.get("kit.folds", "").split(",") if f
+    ] or cfg.training.folds
     return run.info.run_id, cfg
 
 
 def _run_fold(
-    cfg: ExperimentConfig, dataset: NucleiDataset, fold: int, dist: DistContext, parent_id: str, command: str, progress: bool
+    cfg: ExperimentConfig,
+    dataset: NucleiDataset,
+    fold: int,
+    dist: DistContext,
+    parent_id: str,
+    command: str,
+    progress: bool,
 ) -> FoldOutcome:
 
     existing = tracking.find_runs(
@@ -158,7 +174,9 @@ def _run_fold(
     if previous is not None and previous.info.status == "FINISHED":
         best = previous.data.metrics.get("best_val_map", float("nan"))
         log.info("fold %d already finished in run %s", fold, previous.info.run_id)
-        return FoldOutcome(fold, previous.info.run_id, best, int(previous.data.params.get("best_epoch", -1)), -1)
+        return FoldOutcome(
+            fold, previous.info.run_id, best, int(previous.data.params.get("best_epoch", -1)), -1
+        )
     tags = {"kit.role": FOLD_ROLE, "kit.fold": str(fold)}
     with tracking.start_run(
         cfg.mlflow_experiment,
@@ -169,7 +187,9 @@ def _run_fold(
         run_id=previous.info.run_id if previous is not None else None,
     ) as child:
         resume_run_id = previous.info.run_id if previous is not None else None
-        result = _train_fold(cfg, dataset, fold, dist, child_run=child, progress=progress, resume_run_id=resume_run_id)
+        result = _train_fold(
+            cfg, dataset, fold, dist, child_run=child, progress=progress, resume_run_id=resume_run_id
+        )
         return FoldOutcome(fold, child.info.run_id, result.best_val_map, result.best_epoch, result.epochs_run)
 
 
@@ -208,13 +228,20 @@ def _train_fold(
         "max_radius": cfg.targets.border_max_radius,
     }
     crops = CropDataset(
-        dataset, cfg.data.crop_size, ids=train_ids, channels=cfg.data.channels,
-        samples_per_epoch=cfg.data.samples_per_epoch, seed=seed * 7919 + fold,
+        dataset,
+        cfg.data.crop_size,
+        ids=train_ids,
+        channels=cfg.data.channels,
+        samples_per_epoch=cfg.data.samples_per_epoch,
+        seed=seed * 7919 + fold,
     )
     if cfg.data.extra:
         extra = extra_crop_sources(
-            [(e.root, e.weight) for e in cfg.data.extra], crop_size=cfg.data.crop_size,
-            channels=cfg.data.channels, length=len(crops), seed=crops.seed,
+            [(e.root, e.weight) for e in cfg.data.extra],
+            crop_size=cfg.data.crop_size,
+            channels=cfg.data.channels,
+            length=len(crops),
+            seed=crops.seed,
         )
         crops = MixedCrops([(crops, 1.0), *extra], seed=crops.seed)
     torch.manual_seed(seed)  # the same initial weights for the same training.seed (resume relies on it)
@@ -222,13 +249,17 @@ def _train_fold(
     if model_task(model) == "instance":
         train_set, val_set = InstanceCrops(crops, augmentation), None  # no val loss: see kit.training.tasks
     else:
-        train_set = TrainingCrops(crops, augmentation, border_weight=cfg.targets.border_weight, **target_kwargs)
+        train_set = TrainingCrops(
+            crops, augmentation, border_weight=cfg.targets.border_weight, **target_kwargs
+        )
         val_crops = CropDataset(
             dataset, cfg.data.crop_size, ids=val_ids, channels=cfg.data.channels, seed=seed * 7919 + fold + 1
         )
         val_set = TrainingCrops(val_crops, None, border_weight=cfg.targets.border_weight, **target_kwargs)
     val_samples = [dataset.load(i) for i in val_ids]
-    val_images = [(s.id, normalize_image(s.image, cfg.data.channels), np.asarray(s.labels)) for s in val_samples]
+    val_images = [
+        (s.id, normalize_image(s.image, cfg.data.channels), np.asarray(s.labels)) for s in val_samples
+    ]
     with tempfile.TemporaryDirectory(prefix=f"kit-{cfg.name}-fold{fold}-") as tmp:
         work_dir = Path(tmp)
         on_epoch = on_checkpoint = None
@@ -239,14 +270,25 @@ def _train_fold(
                 _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmentation, work_dir)
 
             def on_epoch(record: dict[str, float], epoch: int) -> None:
-                mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
+                mlflow.log_metrics(
+                    {k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}, step=epoch
+                )
 
             def on_checkpoint(path: Path) -> None:
                 mlflow.log_artifact(str(path), CHECKPOINT_DIR)
 
         trainer = Trainer(
-            cfg, model, train_set, val_set, val_images, work_dir=work_dir, device=dist.device(), dist=dist,
-            on_epoch=on_epoch, on_checkpoint=on_checkpoint, progress=progress,
+            cfg,
+            model,
+            train_set,
+            val_set,
+            val_images,
+            work_dir=work_dir,
+            device=dist.device(),
+            dist=dist,
+            on_epoch=on_epoch,
+            on_checkpoint=on_checkpoint,
+            progress=progress,
         )
         resume_from = _download_checkpoints(resume_run_id, work_dir) if resume_run_id else None
         resume_from = dist.broadcast_object(resume_from)
@@ -266,8 +308,11 @@ def _download_checkpoints(run_id: str, work_dir: Path) -> Path | None:
     import mlflow
 
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_DIR,
-                                                           dst_path=str(work_dir / "resumed")))
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=CHECKPOINT_DIR, dst_path=str(work_dir / "resumed")
+            )
+        )
     except Exception:  # MLflow raises different types per store for a missing artifact
         return None
     if (folder / "best.pt").is_file():
@@ -275,7 +320,9 @@ def _download_checkpoints(run_id: str, work_dir: Path) -> Path | None:
     return folder / "last.pt" if (folder / "last.pt").is_file() else None
 
 
-def _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmentation, work_dir: Path) -> None:
+def _log_fold_start(
+    cfg, dataset, fold, model, train_ids, val_ids, crops, augmentation, work_dir: Path
+) -> None:
     import mlflow
 
     from kit.augment import augmentation_grid
@@ -283,19 +330,32 @@ def _log_fold_start(cfg, dataset, fold, model, train_ids, val_ids, crops, augmen
     from kit.targets import make_targets, target_channels, targets_preview
 
     n_params = sum(p.numel() for p in model.parameters())
-    mlflow.set_tags({"kit.n_params": str(n_params), "kit.train_ids": str(len(train_ids)), "kit.val_ids": str(len(val_ids))})
+    mlflow.set_tags(
+        {
+            "kit.n_params": str(n_params),
+            "kit.train_ids": str(len(train_ids)),
+            "kit.val_ids": str(len(val_ids)),
+        }
+    )
     mlflow.log_params({k: v[:500] for k, v in cfg.flat_params().items()})
     mlflow.log_params({"fold": fold, "n_train_images": len(train_ids), "n_val_images": len(val_ids)})
     for extra in cfg.data.extra:  # before the main dataset, whose digest must stay the run's dataset tag
-        tracking.log_dataset(Path(extra.root) / "manifest.csv", name=Path(extra.root).name, context="training-extra")
+        tracking.log_dataset(
+            Path(extra.root) / "manifest.csv", name=Path(extra.root).name, context="training-extra"
+        )
     tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="training")
     mlflow.log_text(cfg.to_yaml(), "config.yaml")
     mlflow.log_text("\n".join(val_ids), "val_ids.txt")
     if model_task(model) == "semantic":  # instance targets are the label image itself (augmentation grid)
         first = crops[0]
         targets = make_targets(first["labels"], include_mask=cfg.targets.include_mask)
-        preview = targets_preview(first["image"], first["labels"], targets, work_dir / "targets_preview.png",
-                                  target_channels(cfg.targets.include_mask))
+        preview = targets_preview(
+            first["image"],
+            first["labels"],
+            targets,
+            work_dir / "targets_preview.png",
+            target_channels(cfg.targets.include_mask),
+        )
         mlflow.log_artifact(str(preview), "previews")
     if augmentation is not None:
         samples = [(crops[i]["image"], crops[i]["labels"]) for i in range(min(3, len(crops)))]
@@ -309,8 +369,13 @@ def _log_fold_end(trainer, result, val_images, work_dir: Path) -> None:
     from kit.metrics import save_overlay
     from kit.models.checkpoint import load_checkpoint
 
-    mlflow.log_params({"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                       "stopped_early": result.stopped_early})
+    mlflow.log_params(
+        {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+        }
+    )
     if result.best_checkpoint is None or not val_images:
         return
     best, _, _ = load_checkpoint(result.best_checkpoint, map_location=trainer.device)

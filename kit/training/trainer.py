@@ -91,7 +91,9 @@ class Trainer:
         self.net = dist.wrap(self.model)
         self.task = training_task(self.model, cfg, device, self.use_amp)
         self.train_set, self.val_set, self.val_images = train_set, val_set, list(val_images)
-        self.sampler = DistributedSampler(train_set, shuffle=True, seed=self.tcfg.seed) if dist.enabled else None
+        self.sampler = (
+            DistributedSampler(train_set, shuffle=True, seed=self.tcfg.seed) if dist.enabled else None
+        )
         self.loader = DataLoader(
             train_set,
             batch_size=self.tcfg.batch_size,
@@ -108,7 +110,9 @@ class Trainer:
         if self.tcfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, self.tcfg.max_steps_per_epoch)
         total = self.steps_per_epoch * self.tcfg.epochs
-        self.optimizer = build_optimizer(self.model, self.tcfg.optimizer, self.tcfg.lr, self.tcfg.weight_decay)
+        self.optimizer = build_optimizer(
+            self.model, self.tcfg.optimizer, self.tcfg.lr, self.tcfg.weight_decay
+        )
         self.scheduler = build_scheduler(
             self.optimizer,
             total,
@@ -228,7 +232,9 @@ class Trainer:
                 parts.setdefault(name, []).append(value)
             n_images += len(batch["id"])
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}"
+            )
         bar.close()
         mean_parts = {name: float(np.mean(values)) for name, values in parts.items()}
         return (float(np.mean(losses)) if losses else float("nan")), mean_parts, n_images
@@ -265,10 +271,16 @@ class Trainer:
         self.history.append(record)
         config = self.cfg.to_dict()
         if improved:
-            save_checkpoint(self.best_path, self.model, config, {"epoch": epoch, "val_map": record.get("val_map")})
-        save_checkpoint(self.last_path, self.model, config, {"epoch": epoch, "training_state": self._state(epoch)})
+            save_checkpoint(
+                self.best_path, self.model, config, {"epoch": epoch, "val_map": record.get("val_map")}
+            )
+        save_checkpoint(
+            self.last_path, self.model, config, {"epoch": epoch, "training_state": self._state(epoch)}
+        )
         if self.progress:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_map"))
+            shown = ", ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_map")
+            )
             tqdm.write(f"epoch {epoch + 1}/{self.tcfg.epochs}: {shown} ({record['epoch_time']:.1f} s)")
         if self.on_epoch is not None:
             self.on_epoch(record, epoch)
