@@ -65,7 +65,7 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data, demo, ensemble, predict, runs, score, style, train
+    from kit.commands import data, demo, ensemble, predict, runs, score, style, train, weights
 
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
@@ -78,6 +78,7 @@ def _register_commands() -> None:
     app.command("demo")(demo.demo_command)
     app.add_typer(data.app, name="data")
     app.add_typer(style.app, name="style")
+    app.add_typer(weights.app, name="weights")
 
 
 _register_commands()

@@ -82,7 +82,12 @@ class LossConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    """Optimiser, schedule and loop settings."""
+    """Optimiser, schedule and loop settings.
+
+    `max_minutes`: a wall-clock budget per fold (validation included). Training stops when it is spent
+    (or after `epochs`, whichever comes first) and the cosine schedule decays over it, so a time budget
+    gets a complete schedule on any machine; the last epoch is cut short and validated.
+    """
 
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -101,6 +106,7 @@ class TrainingConfig(_Section):
     early_stopping_patience: int | None = Field(10, ge=1)
     val_every: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
     loss: LossConfig = LossConfig()
 
 
@@ -115,13 +121,20 @@ class InferenceConfig(_Section):
 
 
 class PostprocessConfig(_Section):
-    """Probability maps → instances (marker-controlled watershed)."""
+    """Probability maps → instances (marker-controlled watershed, `kit.inference.postprocess`).
+
+    `kit predict --oof` tunes the first five settings on the out-of-fold maps and stores them with the
+    train run; later predictions of that run use the tuned values when `tuned` is true (set it false to
+    use exactly the values given here).
+    """
 
     seed_threshold: float = Field(0.5, gt=0, lt=1)
+    min_seed_size: int = Field(8, ge=1)
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     min_size: int = Field(10, ge=0)
     fill_holes: bool = True
     grow_with_mask: bool = True
+    tuned: bool = True
 
 
 class InstancesConfig(_Section):

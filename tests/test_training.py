@@ -104,7 +104,7 @@ def test_step_schedule_decays_by_gamma_every_step_size() -> None:
 
 
 def test_unknown_schedule_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown schedule 'linear'.*cosine, step or constant"):
+    with pytest.raises(ConfigError, match=r"unknown schedule 'linear'.*cosine, step, constant"):
         lr_factor(5, 100, schedule="linear")
 
 

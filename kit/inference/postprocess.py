@@ -64,7 +64,7 @@ def instances_from_probs(
 
     if fill_holes:
         _fill_single_owner_holes(labels)
-    return _drop_small(labels, min_size)
+    return drop_small(labels, min_size)
 
 
 def _fill_single_owner_holes(labels: np.ndarray) -> None:
@@ -92,7 +92,7 @@ def _fill_single_owner_holes(labels: np.ndarray) -> None:
     labels[filled > 0] = filled[filled > 0]
 
 
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Remove instances under `min_size` pixels and relabel the rest 1..N, keeping their order."""
     keep = np.bincount(labels.ravel()) >= min_size
     keep[0] = False

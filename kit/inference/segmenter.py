@@ -84,9 +84,11 @@ def build_segmenter(
     tta: str = "none",
     device: torch.device | str | None = None,
     amp: bool = True,
+    postprocess: dict | None = None,
 ) -> SemanticSegmenter | InstanceSegmenter:
     """A segmenter over `models` (all of one task) with the inference and post-processing settings of
-    `cfg`. `mode` is the loss mode semantic models trained with (default `cfg.training.loss.mode`)."""
+    `cfg`. `mode` is the loss mode semantic models trained with (default `cfg.training.loss.mode`);
+    `postprocess` replaces `cfg.postprocess` for semantic models (e.g. tuned values)."""
     tasks = {model_task(m) for m in models}
     if len(tasks) != 1:
         raise ConfigError(f"cannot combine models of different tasks {sorted(tasks)}")
@@ -121,4 +123,4 @@ def build_segmenter(
         device=device,
         amp=amp,
     )
-    return SemanticSegmenter(predictor, cfg.postprocess.model_dump())
+    return SemanticSegmenter(predictor, postprocess or cfg.postprocess.model_dump(exclude={"tuned"}))

@@ -100,6 +100,8 @@ def predict_experiment(
     train = find_train_run(experiment, train_run_id)
     folds = fold_models(train)
     kind, groups, dataset = _plan(cfg, train, folds, split=split, oof=oof, input_dir=input_dir)
+    tuned = tuned_postprocess(train) if cfg.postprocess.tuned and kind != "oof" else None
+    postprocess = {**cfg.postprocess.model_dump(exclude={"tuned"}), **(tuned or {}).get("params", {})}
     tags = {
         "kit.role": PREDICT_ROLE,
         "kit.predict_kind": kind,
@@ -119,17 +121,22 @@ def predict_experiment(
                 "split": kind if kind in ("test", "validation") else "",
                 "input": str(Path(input_dir).resolve())[:500] if input_dir else "",
                 "n_models": len(folds),
-                **{f"postprocess.{k}": v for k, v in cfg.postprocess.model_dump().items()},
                 **{f"instances.{k}": v for k, v in cfg.instances.model_dump().items()},
+                "postprocess_tuned_by": (tuned or {}).get("oof_predict_run", ""),
             }
         )
         mlflow.log_text(cfg.to_yaml(), "config.yaml")
-        mlflow.log_text(json.dumps(cfg.postprocess.model_dump(), indent=2), "postprocess.json")
         if dataset is not None:
             tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="inference")
         with tempfile.TemporaryDirectory(prefix=f"kit-predict-{cfg.name}-") as tmp:
             root = Path(tmp)
-            index, instances = _predict_groups(groups, cfg, tta, device, root, progress)
+            index, instances = _predict_groups(groups, cfg, postprocess, tta, device, root, progress)
+            if kind == "oof" and cfg.postprocess.tuned and _semantic(index, root):
+                postprocess, instances = _tune_on_oof(
+                    root, index, dataset, postprocess, run.info.run_id, train
+                )
+            mlflow.log_params({f"postprocess.{k}": v for k, v in postprocess.items()})
+            atomic_write_text(root / "postprocess.json", json.dumps(postprocess, indent=2))
             atomic_write_text(root / INDEX_FILE, index.to_csv(index=False))
             atomic_write_text(root / INSTANCES_FILE, instances.to_csv(index=False))
             mlflow.log_artifacts(str(root))
@@ -217,9 +224,12 @@ def _input_jobs(folder: Path) -> list[_Job]:
     return [_Job(im.id, "", str(im.path), lambda p=im.path: read_image(p)) for im in folder_images(folder)]
 
 
-def _load_segmenter(folds: list[FoldModel], cfg: ExperimentConfig, tta: str, device: str | None):
+def _load_segmenter(
+    folds: list[FoldModel], cfg: ExperimentConfig, postprocess: dict, tta: str, device: str | None
+):
     """A segmenter over the best checkpoints of `folds` with the experiment's inference settings: maps
-    averaged (semantic models) or detections merged by mask voting (instance models)."""
+    averaged (semantic models, then the watershed with `postprocess`) or detections merged by mask
+    voting (instance models)."""
     import torch
 
     from kit.inference.segmenter import build_segmenter
@@ -234,12 +244,13 @@ def _load_segmenter(folds: list[FoldModel], cfg: ExperimentConfig, tta: str, dev
             f"the fold models disagree on task/output/input channels {sorted(signatures)}; cannot average"
         )
     mode = loaded[0][1].get("training", {}).get("loss", {}).get("mode", "softmax")
-    return build_segmenter(models, cfg, mode=mode, tta=tta, device=device)
+    return build_segmenter(models, cfg, mode=mode, tta=tta, device=device, postprocess=postprocess)
 
 
 def _predict_groups(
     groups: list[tuple[list[FoldModel], list[_Job]]],
     cfg: ExperimentConfig,
+    postprocess: dict,
     tta: str,
     device: str | None,
     root: Path,
@@ -253,7 +264,7 @@ def _predict_groups(
     for folds, jobs in groups:
         if not jobs:
             continue
-        segmenter = _load_segmenter(folds, cfg, tta, device)
+        segmenter = _load_segmenter(folds, cfg, postprocess, tta, device)
         fold_names = ";".join(str(f.fold) for f in folds)
         for job in jobs:
             started = time.perf_counter()
@@ -286,3 +297,68 @@ def _predict_groups(
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), pd.DataFrame(
         instances, columns=list(INSTANCE_COLUMNS)
     )
+
+
+TUNED_FILE = "postprocess_tuned.json"
+
+
+def tuned_postprocess(train: Any) -> dict | None:
+    """The post-processing tuned for train run `train` by its newest `kit predict --oof` (the contents of
+    its postprocess_tuned.json: params, score, start_score, oof_predict_run), or None."""
+    import mlflow
+
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"{train.info.artifact_uri}/{TUNED_FILE}"))
+    except Exception:  # never tuned: MLflow raises several types for a missing artifact
+        return None
+
+
+def _semantic(index: pd.DataFrame, root: Path) -> bool:
+    """Whether the predict run under `root` holds semantic maps (a "body" channel) to re-segment."""
+    from kit.inference.artifacts import read_probs
+
+    return not index.empty and "body" in read_probs(root / index["probs"].iloc[0])[1]
+
+
+def _tune_on_oof(
+    root: Path, index: pd.DataFrame, dataset: Any, start: dict, run_id: str, train: Any
+) -> tuple[dict, pd.DataFrame]:
+    """Tune the watershed on the out-of-fold maps under `root`, rewrite every label image with the best
+    settings and record them with this run and the train run; (settings, new instance table)."""
+    import mlflow
+
+    from kit.inference.artifacts import read_probs
+    from kit.inference.postprocess import instances_from_probs
+    from kit.inference.tuning import tune_postprocess
+
+    maps = {row.image_id: read_probs(root / row.probs) for row in index.itertuples(index=False)}
+    items = [(probs, channels, np.asarray(dataset.load(i).labels)) for i, (probs, channels) in maps.items()]
+    result = tune_postprocess(items, start)
+    params = {**start, **result.params}
+    log.info(
+        "post-processing tuned on %d OOF images: %.4f → %.4f %s",
+        len(items),
+        result.start_score,
+        result.score,
+        result.params,
+    )
+    instances = []
+    for k, row in enumerate(index.itertuples(index=False)):
+        probs, channels = maps[row.image_id]
+        labels = instances_from_probs(probs, channels, **params)
+        write_labels(root, row.image_id, labels)
+        index.loc[k, "n_instances"] = int(labels.max(initial=0))
+        body = probs[list(channels).index("body")]
+        instances.extend(instance_rows(row.image_id, labels, body, row.folds, None))
+    record = {
+        "params": result.params,
+        "score": result.score,
+        "start_score": result.start_score,
+        "n_images": len(items),
+        "oof_predict_run": run_id,
+    }
+    atomic_write_text(root / "tuning.csv", result.trials.to_csv(index=False))
+    atomic_write_text(root / TUNED_FILE, json.dumps(record, indent=2))
+    mlflow.log_metrics({"oof_map_untuned": result.start_score, "oof_map_tuned": result.score})
+    tracking.configure().MlflowClient().log_artifact(train.info.run_id, str(root / TUNED_FILE))
+    return params, pd.DataFrame(instances, columns=list(INSTANCE_COLUMNS))

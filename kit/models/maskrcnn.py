@@ -41,6 +41,7 @@ from kit.errors import ConfigError
 from kit.models.registry import register_model
 from kit.models.unet import timm_name
 from kit.models.weights import load_matching, read_state_dict
+from kit.models.weights_folder import TORCHVISION_RESNET50, resolve_pretrained
 
 TORCHVISION_ENCODER = "resnet50"
 PYRAMID_STRIDES = (4, 8, 16, 32, 64)
@@ -65,8 +66,8 @@ def maskrcnn(
 ) -> MaskRCNN:
     """Mask R-CNN with one foreground class (nucleus); see the module docstring.
 
-    `pretrained`: False = random init, True = ImageNet encoder weights (torchvision's for "resnet50", the
-    hub's for timm names; needs internet), a path = a state_dict for the whole detector (e.g. torchvision's
+    `pretrained`: False = random init, True = ImageNet encoder weights (torchvision's for "resnet50",
+    timm's otherwise) from the weights folder or the hub (`kit.models.weights_folder`), a path = a state_dict for the whole detector (e.g. torchvision's
     COCO `maskrcnn_resnet50_fpn` file, or a kit checkpoint) loaded where names and shapes match.
     `anchor_sizes`: one per pyramid level (strides 4..64). `max_detections`, `rpn_nms`, `box_nms` and
     `box_score_threshold` are torchvision's `box_detections_per_img`, `rpn_nms_thresh`, `box_nms_thresh`
@@ -83,12 +84,21 @@ def maskrcnn(
         )
     if in_channels not in (1, 3):
         raise ConfigError(f"maskrcnn: in_channels must be 1 or 3, got {in_channels}")
-    if encoder == TORCHVISION_ENCODER:
-        backbone = _torchvision_resnet50_fpn(in_channels, pretrained is True, fpn_channels)
-        name = TORCHVISION_ENCODER
+    torchvision = encoder == TORCHVISION_ENCODER
+    name = TORCHVISION_ENCODER if torchvision else timm_name(encoder)
+    weights_name = TORCHVISION_RESNET50 if torchvision else name
+    if isinstance(pretrained, bool):
+        weights = resolve_pretrained(weights_name, pretrained, hub="torchvision" if torchvision else "timm")
+    else:  # a file for the whole detector, loaded below
+        weights = resolve_pretrained(weights_name, pretrained)
+    from_hub = weights.kind == "hub"
+    if torchvision:
+        backbone = _torchvision_resnet50_fpn(in_channels, from_hub, fpn_channels)
     else:
-        name = timm_name(encoder)
-        backbone = TimmFPN(name, in_channels, pretrained is True, fpn_channels)
+        backbone = TimmFPN(name, in_channels, from_hub, fpn_channels)
+    if pretrained is True and weights.kind == "file":
+        body = backbone.body
+        load_matching(body, read_state_dict(weights.path), in_channels=in_channels, origin=weights.path)
     resolution = 7  # torchvision's RoI pooling size for boxes (masks: 14)
     model = MaskRCNN(
         backbone,
@@ -116,9 +126,10 @@ def maskrcnn(
         "in_channels": in_channels,
         "channels": ("mask",),
         "output_stride": 32,
+        "weights": weights,
     }
-    if isinstance(pretrained, (str, Path)):
-        load_matching(model, read_state_dict(pretrained), in_channels=in_channels, origin=str(pretrained))
+    if not isinstance(pretrained, bool):
+        load_matching(model, read_state_dict(weights.path), in_channels=in_channels, origin=weights.path)
     return model
 
 

@@ -18,6 +18,7 @@ import timm
 from kit.errors import ConfigError
 from kit.models.registry import closest_match_hint, register_model
 from kit.models.weights import load_matching, read_state_dict
+from kit.models.weights_folder import resolve_pretrained
 
 DEFAULT_CHANNELS = ("body", "border", "background")
 _UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -35,8 +36,8 @@ def unet(
 ) -> smp.Unet:
     """U-Net on a timm encoder (with or without "tu-").
 
-    `pretrained`: False = random init, True = the hub's ImageNet weights (needs internet), a path =
-    a local encoder state_dict or checkpoint (see `load_encoder_weights`). `decoder_channels` has one
+    `pretrained`: False = random init, True = ImageNet weights from the weights folder or the hub, a
+    path = a local encoder state_dict or checkpoint (`kit.models.weights_folder`, `load_encoder_weights`). `decoder_channels` has one
     entry per encoder stage (default (256, 128, 64, 32, 16)[:encoder_depth]).
     """
     _check_depth("unet", encoder_depth, 1)
@@ -120,12 +121,13 @@ def _build(
     channels = tuple(channels)
     if not channels:
         raise ConfigError(f"{arch}: channels must name at least one output channel")
+    weights = resolve_pretrained(name, pretrained)
     try:
         # smp passes `pretrained=weights is not None` to timm for tu- encoders: None = random init.
         model = arch_cls(
             encoder_name=f"tu-{name}",
             encoder_depth=encoder_depth,
-            encoder_weights=True if pretrained is True else None,
+            encoder_weights=True if weights.kind == "hub" else None,
             in_channels=in_channels,
             classes=len(channels),
             **decoder_kwargs,
@@ -139,9 +141,10 @@ def _build(
         "channels": channels,
         "output_stride": int(model.encoder.output_stride),
         "encoder_depth": encoder_depth,
+        "weights": weights,
     }
-    if isinstance(pretrained, (str, Path)):
-        load_encoder_weights(model, pretrained)
+    if weights.kind == "file":
+        load_encoder_weights(model, weights.path)
     return model
 
 

@@ -335,6 +335,7 @@ def _log_fold_start(
             "kit.n_params": str(n_params),
             "kit.train_ids": str(len(train_ids)),
             "kit.val_ids": str(len(val_ids)),
+            **model.kit_cfg["weights"].tags(),
         }
     )
     mlflow.log_params({k: v[:500] for k, v in cfg.flat_params().items()})

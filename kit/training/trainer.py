@@ -1,5 +1,6 @@
 """The training loop of one fold: optimiser steps on random crops, validation mAP each epoch,
-best/last checkpoints, early stopping, resume, AMP and channels-last on CUDA, DDP under torchrun.
+best/last checkpoints, early stopping, a wall-clock budget (`training.max_minutes`), resume, AMP and
+channels-last on CUDA, DDP under torchrun.
 
 What differs between model tasks (batching, the loss of a batch, validation loss) is in
 `kit.training.tasks`; validation images go through the same `build_segmenter` as `kit predict`.
@@ -110,6 +111,10 @@ class Trainer:
         if self.tcfg.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, self.tcfg.max_steps_per_epoch)
         total = self.steps_per_epoch * self.tcfg.epochs
+        self.budget_s = self.tcfg.max_minutes * 60.0 if self.tcfg.max_minutes else None
+        self.spent_s = 0.0  # wall time of earlier fit() calls (a resumed run), for the time budget
+        self._fit_started: float | None = None
+        self._time_fraction = 0.0
         self.optimizer = build_optimizer(
             self.model, self.tcfg.optimizer, self.tcfg.lr, self.tcfg.weight_decay
         )
@@ -120,6 +125,7 @@ class Trainer:
             warmup_steps=round(self.tcfg.warmup_epochs * self.steps_per_epoch),
             step_size=self.tcfg.step_size * self.steps_per_epoch,
             gamma=self.tcfg.gamma,
+            time_fraction=self.time_fraction,
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.best_epoch, self.best_val_map, self.best_val_loss = -1, -math.inf, math.inf
@@ -127,10 +133,28 @@ class Trainer:
         self.start_epoch = 0
         self.best_path, self.last_path = work_dir / "best.pt", work_dir / "last.pt"
 
+    # -- time budget ----------------------------------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Wall time this fold has trained and validated, over resumes."""
+        running = time.perf_counter() - self._fit_started if self._fit_started is not None else 0.0
+        return self.spent_s + running
+
+    def time_fraction(self) -> float:
+        """The share of `training.max_minutes` spent at the last `_tick` (0 without a time budget)."""
+        return self._time_fraction
+
+    def _tick(self) -> float:
+        """Update `time_fraction` from the clock; under DDP every rank takes rank 0's, so all stop at the
+        same step."""
+        if self.budget_s:
+            self._time_fraction = self.dist.broadcast_object(self.elapsed_s() / self.budget_s)
+        return self._time_fraction
+
     # -- checkpoints ------------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
             "epoch": epoch,
+            "elapsed_s": self.elapsed_s(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -151,6 +175,7 @@ class Trainer:
         self.best_epoch, self.best_val_map = int(state["best_epoch"]), float(state["best_val_map"])
         self.best_val_loss = float(state["best_val_loss"])
         self.history = list(state["history"])
+        self.spent_s = float(state.get("elapsed_s", 0.0))
         self.start_epoch = int(state["epoch"]) + 1
         if self.best_epoch >= 0 and not self.best_path.exists():
             # The best weights live in their own file; without it, the last weights stand in for them.
@@ -161,7 +186,10 @@ class Trainer:
         """Train from `start_epoch` to the configured number of epochs (or early stop)."""
         patience = self.tcfg.early_stopping_patience
         stopped_early = False
+        self._fit_started = time.perf_counter()
         for epoch in range(self.start_epoch, self.tcfg.epochs):
+            if self._tick() >= 1.0:
+                break
             started = time.perf_counter()
             torch.manual_seed(self.tcfg.seed * 1000 + epoch)
             self.train_set.set_epoch(epoch)
@@ -176,7 +204,8 @@ class Trainer:
                 "train_time": train_time,
                 "train_images_per_s": n_images * self.dist.world_size / max(train_time, 1e-9),
             }
-            if (epoch + 1) % self.tcfg.val_every == 0 or epoch + 1 == self.tcfg.epochs:
+            last = epoch + 1 == self.tcfg.epochs or self._tick() >= 1.0
+            if (epoch + 1) % self.tcfg.val_every == 0 or last:
                 record.update(self._validate())
             record["epoch_time"] = time.perf_counter() - started
             self.dist.barrier()
@@ -186,6 +215,9 @@ class Trainer:
             if patience and epoch - max(self.best_epoch, 0) >= patience and self.best_epoch >= 0:
                 stopped_early = True
                 break
+            if last:
+                break
+        self.spent_s, self._fit_started = self.elapsed_s(), None
         return FitResult(
             best_epoch=self.best_epoch,
             best_val_map=self.best_val_map,
@@ -211,7 +243,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, batch in enumerate(self.loader):
-            if step >= self.steps_per_epoch:
+            if step >= self.steps_per_epoch or self._tick() >= 1.0:
                 break
             loss, step_parts = self.task.loss(self.net, batch)
             if not torch.isfinite(loss):
