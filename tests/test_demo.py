@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from kit.demo import DemoStep, run_demo
+from kit.stages.demo import DemoStep, run_demo
 
 
 def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble(project_dir) -> None:

@@ -300,8 +300,8 @@ def ensembled(tmp_path_factory):
     then `kit ensemble`: (project folder, CLI output)."""
     from kit.cli import app
     from kit.config import load_experiment
-    from kit.inference.stage import predict_experiment
-    from kit.training.stage import train_experiment
+    from kit.stages.predict import predict_experiment
+    from kit.stages.train import train_experiment
 
     root = seed_mlflow_store(tmp_path_factory.mktemp("ensemble"), empty_mlflow_store(tmp_path_factory))
     install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)
@@ -324,8 +324,10 @@ def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     from kit import tracking
     from kit.cli import app
     from kit.config import load_experiment
-    from kit.evaluation import evaluate_experiment
-    from kit.inference.runs import find_predict_run, load_predicted_labels, predict_root, read_index
+    from kit.inference.artifacts import read_index
+    from kit.stages.evaluate import evaluate_experiment
+    from kit.stages.predict import load_predicted_labels
+    from kit.tracking.schema import find_predict_run, run_folder
 
     root, output = ensembled
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -340,7 +342,7 @@ def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     assert find_predict_run("tiny_b", "test").info.run_id in tags["kit.base_apply_runs"]
     metrics = run.data.metrics
     assert {"oof_map", "oof_estimated_map", "oof_map_tiny_a", "oof_map_tiny_b", "threshold"} <= set(metrics)
-    files = {p.relative_to(root).name for p in (predict_root(run)).rglob("*") if p.is_file()}
+    files = {p.relative_to(root).name for p in (run_folder(run)).rglob("*") if p.is_file()}
     assert {
         "model.json",
         "booster_0.txt",
@@ -352,7 +354,7 @@ def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     # Its predict runs, in the predict-run layout, consumed by evaluate and submit unchanged.
     test_run = find_predict_run("ensemble", "test")
     assert test_run.data.tags["kit.ensemble_run_id"] == run.info.run_id
-    index = read_index(predict_root(test_run))
+    index = read_index(run_folder(test_run))
     assert "estimated_score" in index.columns and index["estimated_score"].between(0, 1).all()
     cfg = load_experiment("ensemble", ENSEMBLE_OVERRIDES)
     oof_eval = evaluate_experiment(cfg, kind="oof", n_bootstrap=0, track=False)

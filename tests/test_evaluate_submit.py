@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from kit import tracking
 from kit.config import load_experiment
 from kit.data.dataset import NucleiDataset
-from kit.evaluation import evaluate_experiment
-from kit.inference.runs import get_run, load_predicted_labels
 from kit.metrics import evaluate
+from kit.stages.evaluate import evaluate_experiment
+from kit.stages.predict import load_predicted_labels
+from kit.stages.submit import submit_experiment
 from kit.submission import check_submission, read_submission_labels
-from kit.submit import submit_experiment
+from kit.tracking.schema import get_run
 
 TRAIN_OVERRIDES = ["training.epochs=1", "training.max_steps_per_epoch=2"]
 # Low thresholds so that the barely trained models still produce instances to score and encode.
@@ -28,8 +29,8 @@ PREDICT_OVERRIDES = ["postprocess.seed_threshold=0.2", "postprocess.min_size=4"]
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
     """A trained unet_tiny project with an out-of-fold and a test predict run: (folder, oof, test)."""
-    from kit.inference.stage import predict_experiment
-    from kit.training.stage import train_experiment
+    from kit.stages.predict import predict_experiment
+    from kit.stages.train import train_experiment
 
     root = tmp_path_factory.mktemp("evaluate")
     install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)

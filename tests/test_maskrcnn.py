@@ -175,7 +175,7 @@ def test_instance_crops_of_an_empty_crop_have_no_instances() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 2-fold maskrcnn_tiny run (2 epochs × 2 steps) in its own project: (folder, outcome)."""
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     root = seed_mlflow_store(tmp_path_factory.mktemp("maskrcnn"), empty_mlflow_store(tmp_path_factory))
     install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)
@@ -217,8 +217,8 @@ def test_tiny_maskrcnn_trains_with_the_shared_trainer_and_logging(cfg, trained) 
 
 def test_predict_oof_and_test_split_write_label_images(cfg, trained) -> None:
     from kit.inference.artifacts import read_labels, read_probs
-    from kit.inference.runs import predict_root
-    from kit.inference.stage import predict_experiment
+    from kit.stages.predict import predict_experiment
+    from kit.tracking.schema import run_folder
 
     fold_runs = {str(f.fold): f.run_id for f in trained[1].folds}
     oof = predict_experiment(cfg, oof=True, progress=False)
@@ -227,7 +227,7 @@ def test_predict_oof_and_test_split_write_label_images(cfg, trained) -> None:
         assert row.model_runs == fold_runs[row.folds]  # one model, the one that did not train on it
     test = predict_experiment(cfg, split="test", tta="flips", progress=False)
     assert set(test.index["folds"]) == {"0;1"}
-    root = predict_root(tracking.configure().get_run(test.run_id))
+    root = run_folder(tracking.configure().get_run(test.run_id))
     for row in test.index.itertuples(index=False):
         labels = read_labels(root / row.labels)
         assert labels.shape == (row.height, row.width) and labels.max() == row.n_instances
@@ -239,9 +239,9 @@ def test_predict_oof_and_test_split_write_label_images(cfg, trained) -> None:
 
 
 def test_evaluate_and_submit_work_as_for_unet(cfg, trained, tmp_path) -> None:
-    from kit.evaluation import evaluate_experiment
-    from kit.inference.stage import predict_experiment
-    from kit.submit import submit_experiment
+    from kit.stages.evaluate import evaluate_experiment
+    from kit.stages.predict import predict_experiment
+    from kit.stages.submit import submit_experiment
 
     predict_experiment(cfg, oof=True, progress=False)
     evaluation = evaluate_experiment(
@@ -254,7 +254,7 @@ def test_evaluate_and_submit_work_as_for_unet(cfg, trained, tmp_path) -> None:
 
 
 def test_an_interrupted_maskrcnn_run_resumes(tmp_path_factory, monkeypatch) -> None:
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
     from kit.training.trainer import Trainer
 
     root = seed_mlflow_store(tmp_path_factory.mktemp("resume"), empty_mlflow_store(tmp_path_factory))

@@ -15,9 +15,9 @@ from kit.config import load_experiment
 from kit.data.dataset import NucleiDataset
 from kit.errors import ConfigError, DataError
 from kit.fileio import write_png
-from kit.inference.artifacts import read_labels, read_probs
-from kit.inference.runs import find_predict_run, get_run, load_predicted_labels, predict_root, read_index
-from kit.inference.stage import predict_experiment
+from kit.inference.artifacts import read_index, read_labels, read_probs
+from kit.stages.predict import load_predicted_labels, predict_experiment
+from kit.tracking.schema import find_predict_run, get_run, run_folder
 
 TRAIN_OVERRIDES = ["training.epochs=1", "training.max_steps_per_epoch=2"]
 
@@ -25,7 +25,7 @@ TRAIN_OVERRIDES = ["training.epochs=1", "training.max_steps_per_epoch=2"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 2-fold unet_tiny train run (1 epoch × 2 steps) in its own project: (folder, outcome)."""
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     root = tmp_path_factory.mktemp("predict")
     install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)
@@ -52,7 +52,7 @@ def test_oof_predicts_each_train_image_once_with_a_model_that_never_saw_it(cfg, 
     run = get_run(outcome.run_id)
     assert run.data.tags["kit.role"] == "predict" and run.data.tags["kit.predict_kind"] == "oof"
     assert run.data.tags["kit.train_run_id"] == trained[1].parent_run_id
-    index = read_index(predict_root(run))
+    index = read_index(run_folder(run))
     dataset = NucleiDataset(cfg.data.root)
     annotated_train = sorted(i for i in dataset.ids("train") if dataset.mask_paths(i) is not None)
     assert sorted(index["image_id"]) == annotated_train
@@ -79,7 +79,7 @@ def test_test_split_averages_all_fold_models(cfg, trained) -> None:
     run = find_predict_run(cfg.mlflow_experiment, "test")
     assert run.info.run_id == outcome.run_id
     assert run.data.params["tta"] == "none" and run.data.params["split"] == "test"
-    root = predict_root(run)
+    root = run_folder(run)
     index = read_index(root)
     dataset = NucleiDataset(cfg.data.root)
     assert index["image_id"].tolist() == dataset.ids("test")

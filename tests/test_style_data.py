@@ -84,7 +84,7 @@ def test_style_fit_then_synth_writes_a_dataset_that_loads_like_any_other(project
 
 
 def test_fit_learns_from_pseudo_labels_of_unannotated_images(project) -> None:
-    from kit.style.stage import fit_styles
+    from kit.stages.style import fit_styles
 
     dataset = NucleiDataset("data/synthetic")
     test_ids = dataset.ids("test")
@@ -174,7 +174,7 @@ def test_config_accepts_extra_datasets_with_positive_weights() -> None:
 
 
 def test_training_mixes_extra_data_and_styles_crops_from_test_references(project) -> None:
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     write_extra(Path("data/extra"))
     cfg = load_experiment("unet_tiny", [*FAST_OVERRIDES, "data.extra=[{root: data/extra, weight: 0.5}]"])

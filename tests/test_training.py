@@ -37,7 +37,7 @@ METRICS = ("train_loss", "val_loss", "val_map", "lr", "epoch_time")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, synthetic_src):
     """A finished 2-fold × 2-epoch unet_tiny run in its own project folder: (folder, config, outcome)."""
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     root = seed_mlflow_store(tmp_path_factory.mktemp("trained"), empty_mlflow_store(tmp_path_factory))
     install_dataset(synthetic_src, root)
@@ -332,7 +332,7 @@ def test_best_checkpoint_loads_without_training_code(in_trained) -> None:
 
 
 def test_leaderboard_lists_the_finished_run(in_trained) -> None:
-    from kit.runs import leaderboard
+    from kit.stages.runs import leaderboard
 
     _, _, outcome = in_trained
     table = leaderboard()
@@ -374,7 +374,7 @@ def _final_weights(client, run_id: str) -> dict[str, torch.Tensor]:
 
 
 def test_resume_continues_an_interrupted_run(project, synthetic_src, monkeypatch) -> None:
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     install_dataset(synthetic_src, project)
     overrides = ["training.epochs=3", "training.max_steps_per_epoch=2", "data.crop_size=64"]
@@ -427,7 +427,7 @@ def test_resume_continues_an_interrupted_run(project, synthetic_src, monkeypatch
 
 
 def test_resume_with_nothing_to_resume(project) -> None:
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     cfg = load_experiment("unet_tiny", FAST_OVERRIDES)
     with pytest.raises(RunNotFoundError, match="nothing to resume: experiment 'unet_tiny' has no unfinished"):
@@ -440,7 +440,7 @@ def test_resume_with_nothing_to_resume(project) -> None:
 
 
 def test_missing_dataset_is_a_data_error_with_a_hint(project_dir) -> None:
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     cfg = load_experiment("unet_tiny", [*FAST_OVERRIDES, "data.root=data/missing"])
     with pytest.raises(DataError, match=r"data.root 'data/missing' is not a kit dataset.*kit data synth"):

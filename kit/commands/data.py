@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kit.commands._common import DATA_DIR, DataOption, console, print_frame, resolve_dataset_dir
+from kit.tracking.schema import DATASETS_EXPERIMENT
 
 app = typer.Typer(
     help="Import, synthesise and inspect data sets (DSB layout + manifest.csv).", no_args_is_help=True
@@ -18,7 +18,6 @@ import_app = typer.Typer(
 )
 app.add_typer(import_app, name="import")
 
-DATA_EXPERIMENT = "datasets"
 
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder. Default: data/<name>/.")]
 FoldsOption = Annotated[
@@ -27,27 +26,12 @@ FoldsOption = Annotated[
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for style clustering and fold assignment.")]
 
 
-def _finish_import(out: Path, kind: str, started: float) -> None:
-    """Log the import as an MLflow run (manifest as dataset input) and print the summary."""
-    from kit import tracking
-    from kit.data.manifest import read_manifest
-
-    manifest = read_manifest(out / "manifest.csv")
-    elapsed = time.perf_counter() - started
-    with tracking.start_run(DATA_EXPERIMENT, f"data import {kind}", run_name=out.name) as run:
-        import mlflow
-
-        tracking.log_dataset(out / "manifest.csv", name=out.name, context="import")
-        mlflow.log_params({"kind": kind, "path": str(out.resolve()), "n_images": len(manifest)})
-        mlflow.log_metrics(
-            {"import_seconds": elapsed, "n_nuclei": float(manifest["n_nuclei"].fillna(0).sum())}
-        )
-        mlflow.log_artifact(str(out / "manifest.csv"))
-        if (out / "dataset.json").is_file():
-            mlflow.log_artifact(str(out / "dataset.json"))
-    _print_summary(out, manifest)
+def _finish_import(outcome) -> None:
+    """Print what an import wrote."""
+    _print_summary(outcome.root, outcome.manifest)
     console.print(
-        f"[green]wrote[/] {out} in {elapsed:.1f} s (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')"
+        f"[green]wrote[/] {outcome.root} in {outcome.seconds:.1f} s "
+        f"(MLflow run {outcome.run_id[:8]} in '{DATASETS_EXPERIMENT}')"
     )
 
 
@@ -87,22 +71,20 @@ def import_dsb2018_command(
     seed: SeedOption = 0,
 ) -> None:
     """Import the 2018 Data Science Bowl folder layout (<id>/images/<id>.png, <id>/masks/*.png)."""
-    from kit.data.dsb2018 import import_dsb2018
+    from kit.stages.data import import_dsb2018
     from kit.submission import read_submission_labels
 
-    started = time.perf_counter()
-    out = out or DATA_DIR / name
     reader = read_submission_labels if labels_csv is not None else None
-    import_dsb2018(
+    outcome = import_dsb2018(
         path,
-        out,
+        out or DATA_DIR / name,
         labels_csv=labels_csv,
         labels_csv_reader=reader,
         resolve_overlaps=resolve_overlaps,
         k_folds=k,
         seed=seed,
     )
-    _finish_import(out, "dsb2018", started)
+    _finish_import(outcome)
 
 
 @import_app.command("mnfinder")
@@ -116,12 +98,9 @@ def import_mnfinder_command(
     seed: SeedOption = 0,
 ) -> None:
     """Import the real mnfinder 1.2.3 nucleus data (49 fluorescence images; train/validation/test kept)."""
-    from kit.data.mnfinder import import_mnfinder
+    from kit.stages.data import import_mnfinder
 
-    started = time.perf_counter()
-    out = out or DATA_DIR / "mnfinder"
-    import_mnfinder(out, cache_dir=cache_dir, k_folds=k, seed=seed)
-    _finish_import(out, "mnfinder", started)
+    _finish_import(import_mnfinder(out or DATA_DIR / "mnfinder", cache_dir=cache_dir, k_folds=k, seed=seed))
 
 
 @app.command("synth")
@@ -136,23 +115,9 @@ def synth_command(
     k: FoldsOption = 4,
 ) -> None:
     """Generate a synthetic data set with exact truth (fluorescence and brightfield styles, a test split)."""
-    from kit.data.layout import write_dataset
-    from kit.data.synthetic import generate_synthetic
+    from kit.stages.data import synthesize
 
-    started = time.perf_counter()
-    out = out or DATA_DIR / name
-    samples = generate_synthetic(n, seed, size=(size, size) if size else None)
-    write_dataset(
-        samples,
-        out,
-        name=name,
-        kind="synthetic",
-        source=f"kit data synth --n {n} --seed {seed}",
-        notes=[],
-        k_folds=k,
-        seed=seed,
-    )
-    _finish_import(out, "synthetic", started)
+    _finish_import(synthesize(out or DATA_DIR / name, n, seed, size=size, k_folds=k))
 
 
 @app.command("folds")
@@ -192,32 +157,20 @@ def styles_command(
     ] = None,
 ) -> None:
     """Show the style clusters: a PNG mosaic of a few images per cluster and cluster sizes per split."""
-    from kit import tracking
-    from kit.data.dataset import NucleiDataset
-    from kit.style.report import style_mosaic, styles_table
+    from kit.stages.data import styles_report
 
-    dataset = NucleiDataset(resolve_dataset_dir(data))
-    table = styles_table(dataset.manifest)
-    out = out or Path("outputs") / "styles" / f"{dataset.name}.png"
-    mosaic = style_mosaic(dataset, out, per_style=per_style)
-    csv = out.with_suffix(".csv")
-    table.to_csv(csv, index=False)
-    with tracking.start_run(DATA_EXPERIMENT, "data styles", run_name=f"{dataset.name}-styles") as run:
-        import mlflow
-
-        tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="styles")
-        mlflow.log_artifact(str(mosaic))
-        mlflow.log_artifact(str(csv))
-    print_frame(
-        table, title=f"{dataset.name}: style clusters × split (images, % of split)", float_format="{:.1f}"
-    )
+    root = resolve_dataset_dir(data)
+    report = styles_report(root, out, per_style)
+    table = report.table
+    print_frame(table, title=f"{root.name}: style clusters × split (images, % of split)", float_format="{:.1f}")
     rare = table.loc[table["rare_in_train"], "style"].tolist()
     if rare:
         console.print(
             f"styles rare in training: {', '.join(map(str, rare))} (see `kit style fit` and classical style augmentation)"
         )
     console.print(
-        f"[green]wrote[/] {mosaic} and {csv.name} (MLflow run {run.info.run_id[:8]} in '{DATA_EXPERIMENT}')"
+        f"[green]wrote[/] {report.mosaic} and {report.csv.name} "
+        f"(MLflow run {report.run_id[:8]} in '{DATASETS_EXPERIMENT}')"
     )
 
 

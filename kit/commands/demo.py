@@ -22,7 +22,7 @@ def demo_command(
 ) -> None:
     """Run the whole journey on real data (mnfinder) with CPU-sized budgets and print test mAP per model."""
     from kit import tracking
-    from kit.demo import run_demo
+    from kit.stages.demo import run_demo
 
     result = run_demo(synthetic=synthetic, budget=budget, announce=lambda text: console.rule(f"[bold]{text}"))
     print_frame(result.table, title="test split: DSB mAP@[.5:.95] per model", float_format="{:.4f}")

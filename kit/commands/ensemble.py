@@ -31,7 +31,7 @@ def ensemble_command(
 ) -> None:
     """Train the IoU model on the bases' out-of-fold instances, select instances, estimate scores (MLflow runs)."""
     from kit.config import load_experiment
-    from kit.ensemble.stage import ensemble_experiment
+    from kit.stages.ensemble import ensemble_experiment
 
     cfg = load_experiment(exp, overrides or [])
     outcome = ensemble_experiment(cfg, kind=kind.value if kind else None, command=f"ensemble --exp {exp}")

@@ -58,7 +58,7 @@ def predict_command(
 ) -> None:
     """Predict probability maps and instance label images with an experiment's fold models (an MLflow run)."""
     from kit.config import load_experiment
-    from kit.inference.stage import predict_experiment
+    from kit.stages.predict import predict_experiment
 
     cfg = load_experiment(exp, overrides or [])
     outcome = predict_experiment(
@@ -104,7 +104,7 @@ def evaluate_command(
 ) -> None:
     """Score a predict run against the truth: DSB mAP, error taxonomy, plots, worst-image overlays (an MLflow run)."""
     from kit.config import load_experiment
-    from kit.evaluation import evaluate_experiment
+    from kit.stages.evaluate import evaluate_experiment
 
     cfg = load_experiment(exp, overrides or [])
     others = [load_experiment(name.strip()) for name in (compare or "").split(",") if name.strip()]
@@ -143,7 +143,7 @@ def submit_command(
 ) -> None:
     """Write and validate a submission CSV (RLE) from the newest test predictions (an MLflow run)."""
     from kit.config import load_experiment
-    from kit.submit import submit_experiment
+    from kit.stages.submit import submit_experiment
 
     cfg = load_experiment(exp, overrides or [])
     outcome = submit_experiment(

@@ -15,7 +15,7 @@ def runs_command(
     limit: Annotated[int, typer.Option(help="Show at most this many runs.")] = 20,
 ) -> None:
     """Leaderboard of training runs: folds, val mAP mean ± sd, epochs, duration, status."""
-    from kit.runs import leaderboard
+    from kit.stages.runs import leaderboard
 
     table = leaderboard(experiment, limit=limit)
     if table.empty:

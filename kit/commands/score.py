@@ -10,8 +10,6 @@ import typer
 
 from kit.commands._common import console, print_summary
 
-SCORE_EXPERIMENT = "scores"
-
 
 def score_command(
     submission: Annotated[
@@ -44,29 +42,11 @@ def score_command(
     ] = True,
 ) -> None:
     """Validate a submission, score it with DSB mAP@[.5:.95] (strict IoU > t), print and plot the error report."""
-    from kit.scoring import score_submission, write_report
+    from kit.stages.score import score
 
-    evaluation = score_submission(submission, truth, split=split)
-    out = out or Path("outputs") / "score" / submission.stem
-    paths = write_report(evaluation, out, name=submission.stem)
-    if track:
-        _log_score(submission, truth, evaluation, out)
+    outcome = score(submission, truth, split=split, out=out, track=track)
     if as_json:
-        typer.echo(json.dumps(evaluation.summary, indent=2))
+        typer.echo(json.dumps(outcome.evaluation.summary, indent=2))
         return
-    print_summary(evaluation.summary, title=f"{submission.name} vs {truth.name}")
-    console.print(f"report: {out}/ ({len(paths)} files)")
-
-
-def _log_score(submission: Path, truth: Path, evaluation, out: Path) -> None:
-    import mlflow
-
-    from kit import tracking
-    from kit.scoring import summary_metrics
-
-    summary = evaluation.summary
-    with tracking.start_run(SCORE_EXPERIMENT, "score", run_name=submission.stem):
-        mlflow.log_params({"submission": str(submission.resolve()), "truth": str(truth.resolve())})
-        mlflow.log_metrics(summary_metrics(summary))
-        mlflow.log_artifacts(str(out), artifact_path="report")
-        mlflow.log_artifact(str(submission), artifact_path="submission")
+    print_summary(outcome.evaluation.summary, title=f"{submission.name} vs {truth.name}")
+    console.print(f"report: {outcome.out_dir}/ ({len(outcome.files)} files)")

@@ -65,15 +65,12 @@ def fit_command(
 ) -> None:
     """Train a pix2pix generator (mask image → image) per style cluster; each fit is an MLflow run."""
     from kit.data.dataset import NucleiDataset
-    from kit.style.stage import STYLE_EXPERIMENT, fit_styles
+    from kit.stages.style import STYLE_EXPERIMENT, fit_styles, pseudo_labels_of
 
     dataset = NucleiDataset(resolve_dataset_dir(data))
     labels, source = None, "truth"
     if pseudo_labels is not None:
-        from kit.inference.runs import PREDICT_KINDS, find_predict_run, load_predicted_labels
-
-        run = find_predict_run(pseudo_labels, kinds=PREDICT_KINDS)
-        labels, source = load_predicted_labels(run)[1], f"predict run {run.info.run_id}"
+        labels, source = pseudo_labels_of(pseudo_labels)
     config = {
         "steps": steps,
         "crop": crop,
@@ -110,7 +107,7 @@ def synth_command(
 ) -> None:
     """Render new images with exact masks from rearranged nucleus layouts, with each cluster's generator."""
     from kit.data.dataset import NucleiDataset
-    from kit.style.stage import synthesize_dataset
+    from kit.stages.style import synthesize_dataset
 
     dataset = NucleiDataset(resolve_dataset_dir(data))
     out = out or DATA_DIR / f"{dataset.name}-style-synth"

@@ -47,7 +47,7 @@ def train_command(
     if dump_config:
         typer.echo(cfg.to_yaml())
         return
-    from kit.training.stage import train_experiment
+    from kit.stages.train import train_experiment
 
     outcome = train_experiment(cfg, folds=parse_folds(folds), resume=resume, command=f"train --exp {exp}")
     if not outcome.parent_run_id:

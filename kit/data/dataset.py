@@ -106,3 +106,14 @@ class NucleiDataset:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return sample
+
+
+def open_dataset(root: str | Path) -> NucleiDataset:
+    """The dataset at `root`, with a hint on how to create it when it is not a kit dataset."""
+    root = Path(root)
+    if not (root / "manifest.csv").is_file():
+        raise DataError(
+            f"data.root '{root}' is not a kit dataset (no manifest.csv); create it with `kit data synth`, "
+            f"`kit data import ...`, or point the experiment at one with --set data.root=PATH"
+        )
+    return NucleiDataset(root)

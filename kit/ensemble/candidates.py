@@ -32,7 +32,15 @@ import numpy as np
 import pandas as pd
 
 from kit.errors import DataError, RunNotFoundError
-from kit.inference.artifacts import INSTANCE_COLUMNS, INSTANCES_FILE, read_labels, read_probs, read_table
+from kit.inference.artifacts import (
+    INSTANCE_COLUMNS,
+    INSTANCES_FILE,
+    POSTPROCESS_FILE,
+    read_index,
+    read_labels,
+    read_probs,
+    read_table,
+)
 from kit.inference.postprocess import instances_from_probs
 from kit.metrics import label_overlap
 
@@ -46,7 +54,6 @@ CANDIDATE_COLUMNS: tuple[str, ...] = (
     "n_parts",
     "score",
 )
-POSTPROCESS_FILE = "postprocess.json"
 _WATERSHED_ARGS = frozenset(inspect.signature(instances_from_probs).parameters) - {"probs", "channels"}
 
 
@@ -69,8 +76,6 @@ class SourceRun:
     @classmethod
     def from_folder(cls, name: str, run_id: str, root: str | os.PathLike) -> SourceRun:
         """Read a predict run's artifact folder `root` (predictions.csv, instances.csv, postprocess.json)."""
-        from kit.inference.runs import read_index
-
         root = Path(root)
         index = read_index(root).set_index("image_id", drop=False)
         scores = None

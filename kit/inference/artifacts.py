@@ -6,8 +6,9 @@ The layout a predict run writes (all paths relative to the run's artifact root):
     labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
                         when an image has more than 65535 instances
     predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files
-    instances.csv       one row per instance (`INSTANCE_COLUMNS`; `score` = detection score of instance
-                        models, empty for semantic ones)
+    instances.csv       one row per instance (`INSTANCE_COLUMNS`: area, mean foreground probability,
+                        `score` = detection score of instance models, empty for semantic ones)
+    postprocess.json    the post-processing settings that made the label images
 
 Every file is written atomically (`kit.fileio.atomic_path`). These are plain functions on folders, so the
 files can be read without MLflow (e.g. from a downloaded artifact folder).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,8 @@ INDEX_COLUMNS = (
     "source",
     "seconds",
 )
-INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_body", "folds", "score")
+INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_prob", "folds", "score")
+POSTPROCESS_FILE = "postprocess.json"
 _PNG_MAX_LABEL = np.iinfo(np.uint16).max
 
 
@@ -99,29 +102,6 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def instance_rows(
-    image_id: str, labels: np.ndarray, body: np.ndarray | None, folds: str, scores: np.ndarray | None = None
-) -> list[dict]:
-    """One `INSTANCE_COLUMNS` row per instance of `labels`: its area, mean probability of `body` (the
-    body map, or an instance model's mask map) and score (`scores[i - 1]` for label i; NaN without)."""
-    flat = labels.ravel()
-    areas = np.bincount(flat)
-    sums = np.bincount(flat, weights=body.ravel()) if body is not None else np.full(areas.shape, np.nan)
-    ids = np.flatnonzero(areas)
-    ids = ids[ids > 0]
-    return [
-        {
-            "image_id": image_id,
-            "label": int(i),
-            "area": int(areas[i]),
-            "mean_body": float(sums[i] / areas[i]),
-            "folds": folds,
-            "score": float(scores[i - 1]) if scores is not None else np.nan,
-        }
-        for i in ids
-    ]
-
-
 def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
     """A predictions.csv / instances.csv table, ids kept as strings; DataError when columns are missing."""
     try:
@@ -136,3 +116,51 @@ def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     return frame
+
+
+def read_index(root: str | os.PathLike) -> pd.DataFrame:
+    """The predictions.csv of a predict run's artifact folder."""
+    path = Path(root) / INDEX_FILE
+    if not path.is_file():
+        raise DataError(f"{root} has no {INDEX_FILE}: not a (finished) predict run")
+    return read_table(path, INDEX_COLUMNS)
+
+
+def read_predicted_labels(root: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """(predictions.csv, image id → int32 label image) of a predict run's artifact folder."""
+    root = Path(root)
+    index = read_index(root)
+    return index, {row.image_id: read_labels(root / row.labels) for row in index.itertuples(index=False)}
+
+
+class ArtifactWriter:
+    """Writes per-image files under `root` on a background thread, so that encoding and compression
+    overlap the next image's prediction. Methods return the relative path at once; leaving the `with`
+    block waits for every write and raises the first error."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kit-artifacts")
+        self._pending: list[Future] = []
+
+    def probs(self, image_id: str, probs: np.ndarray, channels: Sequence[str]) -> str:
+        """`write_probs` in the background; the relative path."""
+        self._pending.append(self._pool.submit(write_probs, self.root, image_id, probs, channels))
+        return f"{PROBS_DIR}/{image_id}.npz"
+
+    def labels(self, image_id: str, labels: np.ndarray) -> str:
+        """`write_labels` in the background; the relative path."""
+        suffix = ".png" if labels.size == 0 or labels.max() <= _PNG_MAX_LABEL else ".npz"
+        self._pending.append(self._pool.submit(write_labels, self.root, image_id, labels))
+        return f"{LABELS_DIR}/{image_id}{suffix}"
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pending.clear()

@@ -1,4 +1,10 @@
-"""Image → instances for every model family: the one call validation in training and `kit predict` make.
+"""A trained model as an object: image → instance label image, for every model family.
+
+`Segmenter` is kit's public model (what StarDist's `predict_instances` and Cellpose's `eval` are there):
+built from checkpoint files (`Segmenter.from_checkpoints`, no MLflow needed; `kit.load_segmenter` also
+takes runs, experiments and model URIs), it normalises a raw image as in training, predicts it with its
+fold models averaged, tiled and test-time augmented, and post-processes it with the run's (tuned)
+settings. `kit predict` and validation during training run the same code.
 
 `build_segmenter` reads the models' task (`kit.models.model_task`):
 
@@ -12,15 +18,19 @@ Both return a `Segmentation`, so the predict stage writes them in one layout.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from kit.config import ExperimentConfig
-from kit.errors import ConfigError
+from kit.config import ExperimentConfig, config_from_dict
+from kit.data.normalize import normalize_image
+from kit.errors import ConfigError, DataError
 from kit.inference.instance_predictor import InstancePredictor
 from kit.inference.instances import detections_to_labels
 from kit.inference.postprocess import instances_from_probs
@@ -48,6 +58,24 @@ class Segmentation:
             if name in self.channels:
                 return self.probs[self.channels.index(name)]
         return None
+
+    def instances(self) -> pd.DataFrame:
+        """One row per instance: label, area (pixels), mean_prob (of `foreground`), score (detection
+        score of instance models; NaN for semantic ones)."""
+        flat = self.labels.ravel()
+        areas = np.bincount(flat)
+        ids = np.flatnonzero(areas)
+        ids = ids[ids > 0]
+        body = self.foreground()
+        sums = np.bincount(flat, weights=body.ravel(), minlength=areas.size) if body is not None else None
+        return pd.DataFrame(
+            {
+                "label": ids.astype(np.int64),
+                "area": areas[ids].astype(np.int64),
+                "mean_prob": sums[ids] / areas[ids] if sums is not None else np.nan,
+                "score": self.scores[ids - 1] if self.scores is not None else np.nan,
+            }
+        )
 
 
 class SemanticSegmenter:
@@ -124,3 +152,90 @@ def build_segmenter(
         amp=amp,
     )
     return SemanticSegmenter(predictor, postprocess or cfg.postprocess.model_dump(exclude={"tuned"}))
+
+
+class Segmenter:
+    """A trained model: raw image → instance label image (see the module docstring).
+
+    `models` are the fold models of one run (averaged), `config` the experiment config they trained
+    with (normalisation channels, tiling, TTA, post-processing); `tta` and `postprocess` override the
+    config's `inference.tta` and `postprocess` settings (e.g. thresholds tuned out of fold).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        config: ExperimentConfig,
+        *,
+        tta: str | None = None,
+        device: torch.device | str | None = None,
+        postprocess: dict | None = None,
+    ) -> None:
+        if not models:
+            raise ConfigError("a Segmenter needs at least one model")
+        signatures = {
+            (m.kit_cfg["task"], tuple(m.kit_cfg["channels"]), m.kit_cfg["in_channels"]) for m in models
+        }
+        if len(signatures) > 1:
+            raise ConfigError(f"the models disagree on task/output/input channels {sorted(signatures)}")
+        self.config = config
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.models = [m.to(self.device).eval() for m in models]
+        self.tta = tta or config.inference.tta
+        self.postprocess = {**config.postprocess.model_dump(exclude={"tuned"}), **(postprocess or {})}
+        self.core = build_segmenter(
+            self.models,
+            config,
+            tta=self.tta,
+            device=self.device,
+            postprocess=self.postprocess,
+        )
+        self.in_channels: int = self.core.in_channels
+        self.task: str = models[0].kit_cfg["task"]
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        tta: str | None = None,
+        device: torch.device | str | None = None,
+        postprocess: dict | None = None,
+    ) -> Segmenter:
+        """The models saved in one or several kit checkpoint files (e.g. every fold's best.pt), with the
+        experiment config stored in the first. A folder stands for the `*.pt` files in it."""
+        from kit.models.checkpoint import load_checkpoint
+
+        files = _checkpoint_files(paths)
+        loaded = [load_checkpoint(f, map_location=device or "cpu") for f in files]
+        config = config_from_dict(loaded[0][1], f"the config stored in {files[0]}")
+        return cls([m for m, _, _ in loaded], config, tta=tta, device=device, postprocess=postprocess)
+
+    def segment(self, image: np.ndarray) -> Segmentation:
+        """Instances of an image already normalised (`normalize_image`, uint8 H×W×`in_channels`)."""
+        return self.core(image)
+
+    def predict(self, image, *, details: bool = False):
+        """Instance labels (int32 H×W, 0 = background) of a raw image (H×W or H×W×C, any dtype), or a
+        list of labels for a list of images. With `details`, a `Segmentation` instead (labels,
+        probability maps, channel names, scores; `.instances()` gives the per-instance table)."""
+        if isinstance(image, (list, tuple)):
+            return [self.predict(im, details=details) for im in image]
+        try:
+            normalized = normalize_image(np.asarray(image), self.in_channels)
+        except ValueError as exc:
+            raise DataError(f"cannot segment this image: {exc}") from None
+        out = self.segment(normalized)
+        return out if details else out.labels
+
+    __call__ = predict
+
+
+def _checkpoint_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files: list[Path] = []
+    for item in map(Path, items):
+        files.extend(sorted(item.glob("*.pt")) if item.is_dir() else [item])
+    if not files:
+        raise ConfigError(f"no checkpoint file in {', '.join(map(str, items)) or 'an empty list'}")
+    return files

@@ -5,7 +5,7 @@ Families register by being imported here; add a new family module to the imports
 
 from kit.models import maskrcnn, unet  # noqa: F401  (register maskrcnn; unet, fpn)
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
-from kit.models.registry import TASKS, create_model, list_models, model_task, register_model
+from kit.models.registry import TASKS, create_model, list_models, model_task, register_model, task_of
 
 __all__ = [
     "TASKS",
@@ -15,4 +15,5 @@ __all__ = [
     "model_task",
     "register_model",
     "save_checkpoint",
+    "task_of",
 ]

@@ -73,6 +73,12 @@ def model_task(model: nn.Module) -> Task:
     return model.kit_cfg["task"]
 
 
+def task_of(name: str) -> Task:
+    """The task of registered model `name` (ConfigError if unknown), known before building it."""
+    _builder(name)
+    return _tasks[name]
+
+
 def closest_match_hint(name: str, known: list[str]) -> str:
     """ " (did you mean 'x'?)" for the closest name in `known`, or "" when nothing is close."""
     match = difflib.get_close_matches(name, known, n=1)

@@ -1,6 +1,6 @@
 """Style transfer: reference pools for classical transfer, pix2pix per style cluster, synthetic data.
 
-Torch-dependent parts (`kit.style.pix2pix`, `kit.style.synth`, `kit.style.stage`) are imported by
+Torch-dependent parts (`kit.style.pix2pix`, `kit.style.synth`, `kit.stages.style`) are imported by
 name where needed, so that importing `kit.style` stays light.
 """
 

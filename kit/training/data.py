@@ -7,17 +7,21 @@ boxes and masks (`InstanceCrops`, batched by `collate_instances`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kit.augment import Augmentation
+from kit.augment import Augmentation, build_augmentation
+from kit.config import ExperimentConfig
 from kit.data.dataset import NucleiDataset
-from kit.data.normalize import image_to_tensor
+from kit.data.normalize import image_to_tensor, normalize_image
 from kit.data.torch_dataset import CropDataset
 from kit.errors import DataError
+from kit.models import task_of
+from kit.style.references import StyleReferences
 from kit.targets import border_weight_map, instance_targets, make_targets
 
 
@@ -205,3 +209,64 @@ def extra_crop_sources(
         )
         sources.append((crops, weight))
     return sources
+
+
+ValImage = tuple[str, np.ndarray, np.ndarray]  # id, normalised uint8 image, labels
+
+
+@dataclass
+class FoldData:
+    """What one fold trains and validates on (`fold_data`)."""
+
+    train_ids: list[str]
+    val_ids: list[str]
+    crops: CropDataset | MixedCrops
+    augmentation: Augmentation | None
+    train_set: AugmentedCrops
+    val_set: TrainingCrops | None  # validation crops for val_loss (semantic models only)
+    val_images: list[ValImage]  # whole validation images for val mAP
+
+
+def fold_data(cfg: ExperimentConfig, dataset: NucleiDataset, fold: int) -> FoldData:
+    """The training crops (augmented, with `data.extra` mixed in), validation crops and whole validation
+    images of `fold`, as `cfg` describes, seeded from `training.seed` and the fold."""
+    train_ids, val_ids = fold_ids(dataset, fold, cfg.data.train_splits)
+    seed, channels, size = cfg.training.seed, cfg.data.channels, cfg.data.crop_size
+    augmentation = (
+        build_augmentation(
+            [s.model_dump() for s in cfg.augmentation],
+            seed=seed,
+            references=StyleReferences(dataset, channels=channels, train_ids=train_ids),
+        )
+        if cfg.augmentation
+        else None
+    )
+    crops: CropDataset | MixedCrops = CropDataset(
+        dataset, size, ids=train_ids, channels=channels, samples_per_epoch=cfg.data.samples_per_epoch, seed=seed * 7919 + fold
+    )
+    if cfg.data.extra:
+        extra = extra_crop_sources(
+            [(e.root, e.weight) for e in cfg.data.extra],
+            crop_size=size,
+            channels=channels,
+            length=len(crops),
+            seed=crops.seed,
+        )
+        crops = MixedCrops([(crops, 1.0), *extra], seed=crops.seed)
+    val_set: TrainingCrops | None = None
+    if task_of(cfg.model.name) == "instance":
+        train_set: AugmentedCrops = InstanceCrops(crops, augmentation)  # no val loss: kit.training.tasks
+    else:
+        targets = {
+            "include_mask": cfg.targets.include_mask,
+            "min_radius": cfg.targets.border_min_radius,
+            "max_radius": cfg.targets.border_max_radius,
+            "border_weight": cfg.targets.border_weight,
+        }
+        train_set = TrainingCrops(crops, augmentation, **targets)
+        val_crops = CropDataset(dataset, size, ids=val_ids, channels=channels, seed=seed * 7919 + fold + 1)
+        val_set = TrainingCrops(val_crops, None, **targets)
+    val_images = [
+        (s.id, normalize_image(s.image, channels), np.asarray(s.labels)) for s in map(dataset.load, val_ids)
+    ]
+    return FoldData(train_ids, val_ids, crops, augmentation, train_set, val_set, val_images)

@@ -6,7 +6,7 @@ What differs between model tasks (batching, the loss of a batch, validation loss
 `kit.training.tasks`; validation images go through the same `build_segmenter` as `kit predict`.
 
 MLflow stays outside: the loop reports each epoch's numbers through `on_epoch` and writes checkpoints
-to `work_dir`; the stage (`kit.training.stage`) logs them.
+to `work_dir`; the stage (`kit.stages.train`) logs them.
 """
 
 from __future__ import annotations
@@ -28,12 +28,10 @@ from kit.config import ExperimentConfig
 from kit.inference.segmenter import InstanceSegmenter, SemanticSegmenter, build_segmenter
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
-from kit.training.data import AugmentedCrops, TrainingCrops, worker_init
+from kit.training.data import AugmentedCrops, TrainingCrops, ValImage, worker_init
 from kit.training.distributed import DistContext
 from kit.training.optim import build_optimizer, build_scheduler
 from kit.training.tasks import training_task
-
-ValImage = tuple[str, np.ndarray, np.ndarray]  # id, normalised uint8 image, labels
 
 
 @dataclass
@@ -60,6 +58,19 @@ def validation_map(
         predicted[image_id] = pred
         scores.append(dsb_score(labels, pred))
     return (float(np.mean(scores)) if scores else float("nan")), predicted
+
+
+def build_model(cfg: ExperimentConfig) -> nn.Module:
+    """The experiment's network from the model registry (output channels from `cfg.targets` for the
+    builders that take them: semantic models)."""
+    from kit.models import create_model
+    from kit.models.registry import model_arguments
+    from kit.targets import target_channels
+
+    kwargs = {"encoder": cfg.model.encoder, "in_channels": cfg.data.channels, "pretrained": cfg.model.pretrained}
+    if "channels" in model_arguments(cfg.model.name):
+        kwargs["channels"] = target_channels(cfg.targets.include_mask)
+    return create_model(cfg.model.name, **kwargs, **cfg.model.params)
 
 
 class Trainer:

@@ -33,6 +33,7 @@ from kit.data.layout import write_dataset
 from kit.data.normalize import normalize_image
 from kit.data.sample import SPLITS
 from kit.errors import ConfigError, DataError, RunNotFoundError
+from kit.tracking.schema import STYLE_EXPERIMENT, Role, Tag, find_role_runs, role_tags
 from kit.visualize import contour_overlay, save_png
 
 if TYPE_CHECKING:
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STYLE_EXPERIMENT = "style"
-FIT_ROLE = "style-fit"
-SYNTH_ROLE = "style-synth"
 GENERATOR_PATH = "checkpoints/generator.pt"
 LAYOUTS_PATH = "layouts.npz"
 _PREVIEW_PAIRS = 4
@@ -153,7 +151,7 @@ def _fit_one(
     ids = list(masks)
     pairs = [(normalize_image(dataset.load(i).image, cfg.channels), masks[i]) for i in ids]
     preview = _preview_pairs(pairs, cfg.crop, seed)
-    tags = {"kit.role": FIT_ROLE, "kit.style": str(style), "kit.labels_source": labels_source}
+    tags = role_tags(Role.STYLE_FIT, **{Tag.STYLE: str(style), Tag.LABELS_SOURCE: labels_source})
     with (
         tracking.start_run(
             STYLE_EXPERIMENT, "style fit", run_name=f"{dataset.name}-style{style}", tags=tags
@@ -255,7 +253,7 @@ def synthesize_dataset(
         k_folds=None,
         seed=seed,
     )
-    tags = {"kit.role": SYNTH_ROLE, "kit.styles": ",".join(map(str, runs))}
+    tags = role_tags(Role.STYLE_SYNTH, **{Tag.STYLES: ",".join(map(str, runs))})
     with (
         tracking.start_run(STYLE_EXPERIMENT, "style synth", run_name=out.name, tags=tags) as run,
         tempfile.TemporaryDirectory(prefix="kit-style-synth-") as tmp,
@@ -273,10 +271,9 @@ def synthesize_dataset(
 
 def _generator_runs(dataset: NucleiDataset, styles: Sequence[int] | None) -> dict[int, str]:
     """Style → run id of the newest finished fit on this dataset version."""
-    tags = {"kit.role": FIT_ROLE, "kit.dataset_digest": dataset.digest}
     runs: dict[int, str] = {}
-    for run in tracking.find_runs(STYLE_EXPERIMENT, tags=tags):
-        runs.setdefault(int(run.data.tags["kit.style"]), run.info.run_id)
+    for run in find_role_runs(STYLE_EXPERIMENT, Role.STYLE_FIT, **{Tag.DATASET_DIGEST: dataset.digest}):
+        runs.setdefault(int(run.data.tags[Tag.STYLE]), run.info.run_id)
     wanted = sorted(runs) if styles is None else list(styles)
     missing = [s for s in wanted if s not in runs]
     if missing or not wanted:
@@ -291,3 +288,13 @@ def _check_splits(splits: Sequence[str]) -> None:
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
         raise ConfigError(f"unknown split {bad[0] if bad else splits!r}; choose from {', '.join(SPLITS)}")
+
+
+def pseudo_labels_of(experiment: str) -> tuple[dict[str, np.ndarray], str]:
+    """(image id → label image, description) of the newest predict run of `experiment`, any kind: labels
+    to learn styles from where there is no truth."""
+    from kit.stages.predict import load_predicted_labels
+    from kit.tracking.schema import PREDICT_KINDS, find_predict_run
+
+    run = find_predict_run(experiment, kinds=PREDICT_KINDS)
+    return load_predicted_labels(run)[1], f"predict run {run.info.run_id}"

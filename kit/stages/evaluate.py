@@ -2,7 +2,7 @@
 
 The newest finished predict run of an experiment and kind (oof / test / validation / input) is paired
 image by image with the truth of the experiment's dataset (`cfg.data.root`) and scored with
-`kit.metrics.evaluate`. The report of `kit.scoring.write_report` (summary.json, per_image.csv, the AP-vs-IoU
+`kit.metrics.evaluate`. The report of `kit.stages.score.write_report` (summary.json, per_image.csv, the AP-vs-IoU
 curve, error bars, TP/FP/FN overlays of the worst images) goes to `outputs/evaluate/<name>-<kind>/` and
 to an evaluate run (kit.role=evaluate, kit.predict_run_id, kit.train_run_id, kit.predict_kind) with the
 summary numbers as metrics. Other experiments can be compared on the same axis: one AP-vs-IoU curve each,
@@ -21,12 +21,14 @@ import pandas as pd
 
 from kit import tracking
 from kit.config import ExperimentConfig
+from kit.data.dataset import open_dataset
 from kit.errors import DataError
 from kit.fileio import atomic_write_text
 from kit.metrics import Evaluation, evaluate, plot_ap_curves
-from kit.scoring import summary_metrics, write_report
+from kit.metrics.report import summary_metrics, write_report
+from kit.stages.predict import load_predicted_labels
+from kit.tracking.schema import Role, Tag, find_predict_run, role_tags
 
-EVALUATE_ROLE = "evaluate"
 OUTPUT_DIR = Path("outputs") / "evaluate"
 
 
@@ -65,12 +67,9 @@ def predicted_pairs(cfg: ExperimentConfig, kind: str = "oof", predict_run_id: st
 
     Every predicted image must have truth in `cfg.data.root`; otherwise a `DataError` names it.
     """
-    from kit.inference.runs import find_predict_run, load_predicted_labels
-    from kit.training.stage import open_dataset
-
     run = find_predict_run(cfg.mlflow_experiment, kind, predict_run_id)
     _, predicted = load_predicted_labels(run)
-    dataset = open_dataset(cfg)
+    dataset = open_dataset(cfg.data.root)
     missing = [i for i in predicted if i not in dataset or dataset.mask_paths(i) is None]
     if missing:
         raise DataError(
@@ -165,12 +164,14 @@ def _log_evaluation(
 ) -> str:
     import mlflow
 
-    tags = {
-        "kit.role": EVALUATE_ROLE,
-        "kit.predict_kind": kind,
-        "kit.predict_run_id": predict_run.info.run_id,
-        "kit.train_run_id": predict_run.data.tags.get("kit.train_run_id", ""),
-    }
+    tags = role_tags(
+        Role.EVALUATE,
+        **{
+            Tag.PREDICT_KIND: kind,
+            Tag.PREDICT_RUN: predict_run.info.run_id,
+            Tag.TRAIN_RUN: predict_run.data.tags.get(Tag.TRAIN_RUN, ""),
+        },
+    )
     with tracking.start_run(
         cfg.mlflow_experiment, command, run_name=f"{cfg.name}-evaluate-{kind}", tags=tags
     ) as run:

@@ -67,25 +67,15 @@ class DemoResult:
 
 def prepare_data(synthetic: bool, progress: bool = True) -> tuple[Path, int]:
     """The demo's dataset (imported or generated once, then reused) and its model input channels."""
+    from kit.stages.data import import_mnfinder, synthesize
+
     if synthetic:
         root = Path("data/synthetic")
         if not (root / "manifest.csv").is_file():
-            from kit.data.layout import write_dataset
-            from kit.data.synthetic import generate_synthetic
-
-            write_dataset(
-                generate_synthetic(40, seed=0),
-                root,
-                name="synthetic",
-                kind="synthetic",
-                source="kit demo --synthetic",
-                progress=progress,
-            )
+            synthesize(root, 40, seed=0, progress=progress)
         return root, 3
     root = Path("data/mnfinder")
     if not (root / "manifest.csv").is_file():
-        from kit.data.mnfinder import import_mnfinder
-
         import_mnfinder(root, progress=progress)
     return root, 1
 
@@ -102,12 +92,12 @@ def run_demo(
 
     `steps` are the base models (default: the CPU-sized U-Net and Mask R-CNN); the ensemble stacks them.
     """
-    from kit.ensemble.stage import ensemble_experiment
-    from kit.evaluation import evaluate_experiment
-    from kit.inference.stage import predict_experiment
-    from kit.scoring import score_submission
-    from kit.submit import submit_experiment
-    from kit.training.stage import train_experiment
+    from kit.stages.ensemble import ensemble_experiment
+    from kit.stages.evaluate import evaluate_experiment
+    from kit.stages.predict import predict_experiment
+    from kit.stages.score import score
+    from kit.stages.submit import submit_experiment
+    from kit.stages.train import train_experiment
 
     started = time.perf_counter()
     n_stages = 4 + len(steps)
@@ -153,7 +143,7 @@ def run_demo(
         )
     announce(f"{next(stage)}/{n_stages} submission and score")
     submitted = submit_experiment(ensemble_cfg, SUBMISSION_NAME, kind="test", command="demo")
-    scored = score_submission(submitted.path, root, split="test").summary
+    scored = score(submitted.path, root, split="test", command="demo").evaluation.summary
     rows.append(
         _row(f"submission {submitted.path.name}", scored["map"], "", scored["f1_avg"], scored["n_pred"])
     )

@@ -36,6 +36,7 @@ import pandas as pd
 
 from kit import tracking
 from kit.config import EnsembleConfig, ExperimentConfig
+from kit.data.dataset import open_dataset
 from kit.ensemble.candidates import Candidates, SourceRun, image_candidates
 from kit.ensemble.estimate import ScoreEstimator, agreement
 from kit.ensemble.features import candidate_features, feature_names
@@ -44,12 +45,13 @@ from kit.ensemble.selection import best_threshold, restrict, select_instances, t
 from kit.ensemble.target import best_truth_iou, iou_target
 from kit.errors import ConfigError, DataError
 from kit.fileio import atomic_write_text
-from kit.inference.artifacts import INDEX_COLUMNS, INDEX_FILE, INSTANCE_COLUMNS, INSTANCES_FILE, write_labels
+from kit.inference.artifacts import INDEX_COLUMNS, INSTANCE_COLUMNS, write_labels
 from kit.metrics import dsb_score, iou_matrix
+from kit.stages.predict import record_predict_run
+from kit.tracking.schema import CONFIG_FILE, Role, Tag, find_predict_run, role_tags, run_folder
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_ROLE = "ensemble"
 MODEL_DIR = "model"
 THRESHOLD_GRID: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.05, 0.801, 0.05), 2))
 _APPLY_KINDS = ("test", "input")
@@ -97,9 +99,7 @@ def ensemble_experiment(
     kind = kind or ens.apply_kind
     if kind not in (*_APPLY_KINDS, "none"):
         raise ConfigError(f"apply kind must be one of test, input, none; got {kind!r}")
-    from kit.training.stage import open_dataset
-
-    dataset = open_dataset(cfg)
+    dataset = open_dataset(cfg.data.root)
     oof_sources = [_source(base, "oof", dataset.digest) for base in ens.bases]
     ids = _common_ids(oof_sources, "oof")
     missing = [i for i in ids if i not in dataset or dataset.mask_paths(i) is None]
@@ -111,12 +111,14 @@ def ensemble_experiment(
     apply_sources = [_source(base, kind, None) for base in ens.bases] if kind != "none" else []
     names = [s.name for s in oof_sources]
     features = feature_names(names, ens.neighbour_radii)
-    tags = {
-        "kit.role": ENSEMBLE_ROLE,
-        "kit.base_experiments": ",".join(names),
-        "kit.base_oof_runs": ",".join(f"{s.name}:{s.run_id}" for s in oof_sources),
-        "kit.base_apply_runs": ",".join(f"{s.name}:{s.run_id}" for s in apply_sources),
-    }
+    tags = role_tags(
+        Role.ENSEMBLE,
+        **{
+            Tag.BASE_EXPERIMENTS: ",".join(names),
+            Tag.BASE_OOF_RUNS: ",".join(f"{s.name}:{s.run_id}" for s in oof_sources),
+            Tag.BASE_APPLY_RUNS: ",".join(f"{s.name}:{s.run_id}" for s in apply_sources),
+        },
+    )
     import mlflow
 
     with (
@@ -126,7 +128,7 @@ def ensemble_experiment(
         tmp = Path(tmp_name)
         mlflow.log_params({k: str(v)[:500] for k, v in ens.model_dump().items() if k != "lightgbm"})
         mlflow.log_params({f"lightgbm.{k}": str(v) for k, v in ens.lightgbm.model_dump().items()})
-        mlflow.log_text(cfg.to_yaml(), "config.yaml")
+        mlflow.log_text(cfg.to_yaml(), CONFIG_FILE)
         tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="ensemble")
 
         def truth_of(image_id: str) -> np.ndarray:
@@ -226,13 +228,11 @@ def _settings(cfg: ExperimentConfig) -> EnsembleConfig:
 
 def _source(base: str, kind: str, digest: str | None) -> SourceRun:
     """The newest finished `kind` predict run of base experiment `base`, read from its artifacts."""
-    from kit.inference.runs import find_predict_run, predict_root
-
     run = find_predict_run(base, kind)
-    trained = run.data.tags.get("kit.dataset_digest")
+    trained = run.data.tags.get(Tag.DATASET_DIGEST)
     if digest and trained and trained != digest:
         log.warning("predict run %s of %s was made on other data than the ensemble's", run.info.run_id, base)
-    return SourceRun.from_folder(base, run.info.run_id, predict_root(run))
+    return SourceRun.from_folder(base, run.info.run_id, run_folder(run))
 
 
 def _common_ids(sources: Sequence[SourceRun], kind: str) -> list[str]:
@@ -442,7 +442,6 @@ def _log_predictions(
 ) -> tuple[str, pd.DataFrame]:
     """Write `images` as a nested predict run of `kind` (the `kit.inference.artifacts` layout); the
     split and image file of each image are those the first source recorded."""
-    import mlflow
 
     index_rows, instance_rows = [], []
     model_runs = ";".join(s.run_id for s in sources)
@@ -483,35 +482,21 @@ def _log_predictions(
         if instance_rows
         else pd.DataFrame(columns=[*INSTANCE_COLUMNS, "source", "split_level", "predicted_iou"])
     )
-    atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
-    atomic_write_text(folder / INSTANCES_FILE, instances.to_csv(index=False))
-    tags = {
-        "kit.role": "predict",
-        "kit.predict_kind": kind,
-        "kit.train_run_id": ensemble_run_id,
-        "kit.ensemble_run_id": ensemble_run_id,
-        "kit.base_predict_runs": ",".join(f"{s.name}:{s.run_id}" for s in sources),
-    }
-    with tracking.start_run(
-        cfg.mlflow_experiment,
-        command,
-        run_name=f"{cfg.name}-predict-{kind}",
-        tags=tags,
+    run_id = record_predict_run(
+        cfg,
+        kind,
+        folder,
+        index,
+        instances,
+        tags={
+            Tag.TRAIN_RUN: ensemble_run_id,
+            Tag.ENSEMBLE_RUN: ensemble_run_id,
+            Tag.BASE_PREDICT_RUNS: ",".join(f"{s.name}:{s.run_id}" for s in sources),
+        },
+        params={"kind": kind, "n_sources": len(sources)},
+        command=command,
         parent_run_id=ensemble_run_id,
-    ) as run:
-        mlflow.log_params({"kind": kind, "n_sources": len(sources)})
-        mlflow.log_text(cfg.to_yaml(), "config.yaml")
-        mlflow.log_text(
-            json.dumps({"base_predict_runs": {s.name: s.run_id for s in sources}}, indent=2), "bases.json"
-        )
-        mlflow.log_artifacts(str(folder))
-        mlflow.log_metrics(
-            {
-                "n_images": len(index),
-                "n_instances": int(index["n_instances"].sum()),
-                "instances_per_image": float(index["n_instances"].mean()) if len(index) else 0.0,
-                "seconds_per_image": float(index["seconds"].mean()) if len(index) else 0.0,
-                "estimated_map": float(index["estimated_score"].mean()) if len(index) else 0.0,
-            }
-        )
-    return run.info.run_id, index
+        metrics={"estimated_map": float(index["estimated_score"].mean()) if len(index) else 0.0},
+        texts={"bases.json": json.dumps({"base_predict_runs": {s.name: s.run_id for s in sources}}, indent=2)},
+    )
+    return run_id, index

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from kit import tracking
+from kit.tracking.schema import Role, Tag, fold_runs
 
 
 def leaderboard(experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
@@ -22,15 +23,13 @@ def leaderboard(experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
         return pd.DataFrame()
     runs = client.search_runs(
         ids,
-        filter_string="tags.`kit.role` = 'train'",
+        filter_string=f"tags.`{Tag.ROLE}` = '{Role.TRAIN}'",
         order_by=["attributes.start_time DESC"],
         max_results=limit,
     )
     rows = []
     for run in runs:
-        children = client.search_runs(
-            [run.info.experiment_id], filter_string=f"tags.`kit.parent_run_id` = '{run.info.run_id}'"
-        )
+        children = fold_runs(run, status=None)
         maps = [c.data.metrics["best_val_map"] for c in children if "best_val_map" in c.data.metrics]
         epochs = [int(c.data.params.get("epochs_run", 0)) for c in children]
         end = run.info.end_time or run.info.start_time
@@ -38,7 +37,7 @@ def leaderboard(experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
             {
                 "experiment": names[run.info.experiment_id],
                 "run": run.info.run_id[:8],
-                "folds": run.data.tags.get("kit.folds", ""),
+                "folds": run.data.tags.get(Tag.FOLDS, ""),
                 "val mAP": f"{np.mean(maps):.4f} ± {np.std(maps):.4f}" if maps else "-",
                 "epochs": sum(epochs),
                 "duration": f"{(end - run.info.start_time) / 1000:.0f} s",

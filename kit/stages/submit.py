@@ -19,9 +19,11 @@ import pandas as pd
 
 from kit import tracking
 from kit.config import ExperimentConfig
+from kit.data.dataset import open_dataset
 from kit.errors import ConfigError, DataError
+from kit.stages.predict import load_predicted_labels
+from kit.tracking.schema import Role, Tag, find_predict_run, role_tags
 
-SUBMIT_ROLE = "submit"
 SUBMISSIONS_DIR = Path("submissions")
 SUBMIT_KINDS = ("test", "input")
 
@@ -43,11 +45,9 @@ def expected_images(cfg: ExperimentConfig, run: Any, index: pd.DataFrame) -> dic
     A split run (kind test/validation) must cover its whole split of the experiment's dataset at the
     sizes in the manifest; an input run the images it predicted.
     """
-    kind = run.data.tags.get("kit.predict_kind")
+    kind = run.data.tags.get(Tag.PREDICT_KIND)
     if kind in ("test", "validation"):
-        from kit.training.stage import open_dataset
-
-        manifest = open_dataset(cfg).manifest
+        manifest = open_dataset(cfg.data.root).manifest
         rows = manifest[manifest["split"] == kind]
         return {str(r.id): (int(r.height), int(r.width)) for r in rows.itertuples(index=False)}
     return {str(r.image_id): (int(r.height), int(r.width)) for r in index.itertuples(index=False)}
@@ -80,7 +80,6 @@ def submit_experiment(
 ) -> SubmitOutcome:
     """Write `out_dir/<name>.csv` from the newest predict run of `kind` (default: test or input); see the
     module docstring. Images predicted beyond those expected (e.g. other splits) are left out."""
-    from kit.inference.runs import find_predict_run, load_predicted_labels
     from kit.submission import check_submission, write_submission
 
     name = name.removesuffix(".csv")
@@ -109,12 +108,14 @@ def _log_submission(
 ) -> str:
     import mlflow
 
-    tags = {
-        "kit.role": SUBMIT_ROLE,
-        "kit.predict_run_id": predict_run.info.run_id,
-        "kit.predict_kind": predict_run.data.tags.get("kit.predict_kind", ""),
-        "kit.train_run_id": predict_run.data.tags.get("kit.train_run_id", ""),
-    }
+    tags = role_tags(
+        Role.SUBMIT,
+        **{
+            Tag.PREDICT_RUN: predict_run.info.run_id,
+            Tag.PREDICT_KIND: predict_run.data.tags.get(Tag.PREDICT_KIND, ""),
+            Tag.TRAIN_RUN: predict_run.data.tags.get(Tag.TRAIN_RUN, ""),
+        },
+    )
     with tracking.start_run(
         cfg.mlflow_experiment, command, run_name=f"{cfg.name}-submit-{name}", tags=tags
     ) as run:

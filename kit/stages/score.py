@@ -1,19 +1,30 @@
-"""Scoring stage: truth and predictions as label images → the DSB metric, error taxonomy and pictures.
-
-Shared by `kit score` (a submission CSV against truth) and `kit evaluate` (a predict run against truth).
-"""
+"""`kit score` as a library call: a submission CSV against the truth → the DSB metric, the error report
+(`kit.metrics.report`) and a run in MLflow experiment `scores`."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from kit import tracking
 from kit.errors import DataError
-from kit.fileio import atomic_write_text
-from kit.metrics import Evaluation, evaluate, plot_ap_curves, plot_error_bars, save_overlay
+from kit.metrics import Evaluation, evaluate
+from kit.metrics.report import summary_metrics, write_report
+from kit.tracking.schema import SCORES_EXPERIMENT, Role, role_tags
+
+REPORT_DIR = Path("outputs") / "score"
+
+
+@dataclass
+class ScoreOutcome:
+    """A scored submission: the evaluation, the report folder and files, the MLflow run (if tracked)."""
+
+    evaluation: Evaluation
+    out_dir: Path
+    files: list[Path]
+    run_id: str | None = None
 
 
 def load_truth(truth: Path, split: str | None = None, ids: set[str] | None = None) -> dict[str, np.ndarray]:
@@ -50,12 +61,33 @@ def load_truth(truth: Path, split: str | None = None, ids: set[str] | None = Non
     )
 
 
-def summary_metrics(summary: Mapping[str, object]) -> dict[str, float]:
-    """The numbers of an evaluation summary as MLflow metric names → floats (ap_0.50, map, f1_avg, ...)."""
-    out = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    out.update({f"ap_{t}": float(v) for t, v in summary["ap_per_threshold"].items()})
-    out.update({f"missed_0.7_{k}": float(v) for k, v in summary["missed_0.7"].items()})
-    return out
+def score(
+    submission: Path,
+    truth: Path,
+    *,
+    split: str | None = None,
+    out: Path | None = None,
+    track: bool = True,
+    command: str = "score",
+) -> ScoreOutcome:
+    """Score `submission` (`score_submission`), write the report to `out` (default
+    outputs/score/<name>/) and, with `track`, log it as a run of MLflow experiment `scores`."""
+    evaluation = score_submission(submission, truth, split=split)
+    out = out or REPORT_DIR / submission.stem
+    files = write_report(evaluation, out, name=submission.stem)
+    outcome = ScoreOutcome(evaluation, out, files)
+    if track:
+        import mlflow
+
+        with tracking.start_run(
+            SCORES_EXPERIMENT, command, run_name=submission.stem, tags=role_tags(Role.SCORE)
+        ) as run:
+            mlflow.log_params({"submission": str(submission.resolve()), "truth": str(truth.resolve())})
+            mlflow.log_metrics(summary_metrics(evaluation.summary))
+            mlflow.log_artifacts(str(out), artifact_path="report")
+            mlflow.log_artifact(str(submission), artifact_path="submission")
+        outcome.run_id = run.info.run_id
+    return outcome
 
 
 def score_submission(
@@ -72,34 +104,3 @@ def score_submission(
     return evaluate(pairs, n_bootstrap=n_bootstrap, progress=len(truth_labels) > 50)
 
 
-def write_report(
-    evaluation: Evaluation,
-    out_dir: Path,
-    *,
-    name: str,
-    images: Mapping[str, np.ndarray] | None = None,
-    truth: Mapping[str, np.ndarray] | None = None,
-    predicted: Mapping[str, np.ndarray] | None = None,
-    n_worst: int = 4,
-) -> list[Path]:
-    """Write summary.json, per_image.csv, the AP-vs-IoU curve, error bars and TP/FP/FN overlays of the
-    `n_worst` images (when images, truth and predictions are given). Returns the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [
-        atomic_write_text(out_dir / "summary.json", json.dumps(evaluation.summary, indent=2)),
-        atomic_write_text(out_dir / "per_image.csv", evaluation.per_image.to_csv(index=False)),
-        plot_ap_curves({name: evaluation.summary["ap_per_threshold"]}, out_dir / "ap_vs_iou.png", title=name),
-        plot_error_bars(evaluation.summary, out_dir / "errors.png", title=name),
-    ]
-    if images is not None and truth is not None and predicted is not None:
-        worst = evaluation.per_image.nsmallest(n_worst, "score")["image_id"]
-        for image_id in worst:
-            paths.append(
-                save_overlay(
-                    out_dir / "overlays" / f"{image_id}.png",
-                    images[image_id],
-                    truth[image_id],
-                    predicted[image_id],
-                )
-            )
-    return paths

@@ -2,7 +2,8 @@
 
 Default store: `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/<experiment id>/` (relative to
 the working directory); `MLFLOW_TRACKING_URI` overrides it (a shared tracking server for a team). Stages use this
-module; building blocks never do.
+module; building blocks never do. The tags and roles stages use to find each other are in
+`kit.tracking.schema`.
 """
 
 from __future__ import annotations
@@ -226,16 +227,26 @@ def find_runs(
     max_results: int = 1000,
 ) -> list[Any]:
     """Runs of MLflow experiment `experiment` matching `tags` (and `status`), newest first."""
-    mlflow = configure()
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
+    exp = configure().MlflowClient().get_experiment_by_name(experiment)
     if exp is None:
         return []
+    return find_runs_in(exp.experiment_id, tags=tags, status=status, max_results=max_results)
+
+
+def find_runs_in(
+    experiment_ids: str | list[str],
+    *,
+    tags: Mapping[str, str] | None = None,
+    status: str | None = "FINISHED",
+    max_results: int = 1000,
+) -> list[Any]:
+    """Runs of the experiments with these ids matching `tags` (and `status`), newest first."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
     clauses = [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
     if status:
         clauses.append(f"attributes.status = '{status}'")
-    return client.search_runs(
-        [exp.experiment_id],
+    return configure().MlflowClient().search_runs(
+        ids,
         filter_string=" and ".join(clauses),
         order_by=["attributes.start_time DESC"],
         max_results=max_results,

@@ -1,0 +1,400 @@
+"""`kit predict` as a library call: the fold models of a train run → probability maps and label images.
+
+What is predicted, and by which models:
+- a split of the experiment's dataset (`split="test"`): every fold model, probabilities averaged;
+- out of fold (`oof=True`): each fold model predicts exactly the ids of its `val_ids.txt`, the images it
+  did not train on, so the maps are honest inputs for tuning and for the ensemble;
+- any folder (`input_dir`): a DSB-layout folder or plain image files (`kit.inference.inputs`), all models.
+
+The predict stage is a loop over `kit.inference.segmenter.Segmenter` (the object a Python user gets from
+`kit.load_segmenter`): one per group of fold models. Out-of-fold predictions of semantic models also tune
+the watershed (`kit.inference.tuning`): the label images are made with the tuned settings, which are
+stored with the train run (`postprocess_tuned.json`) and used by its later predictions unless
+`postprocess.tuned` is false.
+
+The outputs are the artifacts of one predict run (`record_predict_run`, laid out as in
+`kit.inference.artifacts`), tagged with the train run consumed and every fold run used; predictions.csv
+records per image which folds and fold runs predicted it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kit import tracking
+from kit.config import ExperimentConfig
+from kit.data.dataset import NucleiDataset, open_dataset
+from kit.errors import ConfigError, DataError
+from kit.fileio import atomic_write_text, read_image
+from kit.inference.artifacts import (
+    INDEX_COLUMNS,
+    INDEX_FILE,
+    INSTANCE_COLUMNS,
+    INSTANCES_FILE,
+    POSTPROCESS_FILE,
+    ArtifactWriter,
+    read_predicted_labels,
+    read_probs,
+)
+from kit.inference.segmenter import Segmenter
+from kit.inference.tta import TTA_MODES
+from kit.tracking.schema import (
+    CONFIG_FILE,
+    TUNED_POSTPROCESS_FILE,
+    FoldModel,
+    Role,
+    Tag,
+    find_train_run,
+    fold_models,
+    load_json_artifact,
+    log_artifact_to,
+    role_tags,
+    run_config,
+    run_folder,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictOutcome:
+    """What a predict run produced: its index (one row per image) and instance table."""
+
+    run_id: str
+    experiment: str
+    kind: str
+    train_run_id: str
+    index: pd.DataFrame
+    instances: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Job:
+    image_id: str
+    split: str
+    source: str
+    load: Callable[[], np.ndarray]
+
+
+def predict_experiment(
+    cfg: ExperimentConfig,
+    *,
+    split: str | None = None,
+    oof: bool = False,
+    input_dir: str | Path | None = None,
+    train_run_id: str | None = None,
+    tta: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    command: str = "predict",
+) -> PredictOutcome:
+    """Predict one of: `split` (default "test"), out of fold (`oof`), or the images of `input_dir`.
+
+    The models are the folds of train run `train_run_id`, by default the newest finished train run of
+    `cfg.mlflow_experiment`. `tta` overrides `cfg.inference.tta`; `device` defaults to CUDA when present.
+    See the module docstring for the outputs.
+    """
+    chosen = [
+        name
+        for name, on in (("--split", split is not None), ("--oof", oof), ("--input", input_dir is not None))
+        if on
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of --split, --oof and --input, got {' and '.join(chosen)}")
+    tta = tta or cfg.inference.tta
+    if tta not in TTA_MODES:
+        raise ConfigError(f"unknown TTA mode {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    experiment = cfg.mlflow_experiment
+    train = find_train_run(experiment, train_run_id)
+    folds = fold_models(train)
+    kind, groups, dataset = _plan(cfg, train, folds, split=split, oof=oof, input_dir=input_dir)
+    tuned = tuned_postprocess(train) if cfg.postprocess.tuned and kind != "oof" else None
+    postprocess = {**cfg.postprocess.model_dump(exclude={"tuned"}), **(tuned or {}).get("params", {})}
+    inf = cfg.inference
+    params = {
+        "tta": tta,
+        "scales": ",".join(map(str, inf.scales)),
+        "tile": inf.tile,
+        "overlap": inf.overlap,
+        "split": kind if kind in ("test", "validation") else "",
+        "input": str(Path(input_dir).resolve())[:500] if input_dir else "",
+        "n_models": len(folds),
+        **{f"instances.{k}": v for k, v in cfg.instances.model_dump().items()},
+        "postprocess_tuned_by": (tuned or {}).get("oof_predict_run", ""),
+    }
+    tags = {Tag.TRAIN_RUN: train.info.run_id, Tag.FOLD_RUNS: ",".join(f"{f.fold}:{f.run_id}" for f in folds)}
+    with tempfile.TemporaryDirectory(prefix=f"kit-predict-{cfg.name}-") as tmp:
+        root = Path(tmp)
+        index, instances = _predict_groups(groups, cfg, postprocess, tta, device, root, progress)
+        tuning = None
+        if kind == "oof" and cfg.postprocess.tuned and _semantic(index, root):
+            tuning = _tune_on_oof(root, index, dataset, postprocess)
+            postprocess, instances = tuning["params_used"], tuning.pop("instances")
+        params.update({f"postprocess.{k}": v for k, v in postprocess.items()})
+        atomic_write_text(root / POSTPROCESS_FILE, json.dumps(postprocess, indent=2))
+        run_id = record_predict_run(
+            cfg,
+            kind,
+            root,
+            index,
+            instances,
+            tags=tags,
+            params=params,
+            dataset=dataset,
+            command=command,
+            metrics=tuning["metrics"] if tuning else None,
+        )
+        if tuning is not None:
+            record = {**tuning["record"], "oof_predict_run": run_id}
+            atomic_write_text(root / TUNED_POSTPROCESS_FILE, json.dumps(record, indent=2))
+            log_artifact_to(train.info.run_id, root / TUNED_POSTPROCESS_FILE)
+            log_artifact_to(run_id, root / TUNED_POSTPROCESS_FILE)
+    return PredictOutcome(run_id, experiment, kind, train.info.run_id, index, instances)
+
+
+def record_predict_run(
+    cfg: ExperimentConfig,
+    kind: str,
+    folder: Path,
+    index: pd.DataFrame,
+    instances: pd.DataFrame,
+    *,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    command: str,
+    dataset: NucleiDataset | None = None,
+    parent_run_id: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    texts: Mapping[str, str] | None = None,
+) -> str:
+    """Log a predict run of `kind` whose per-image files are already under `folder`: writes its
+    predictions.csv and instances.csv there, logs params, the config, the dataset, every file and the
+    standard metrics; returns the run id. Used by `kit predict` and by the ensemble's predictions."""
+    import mlflow
+
+    atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
+    atomic_write_text(folder / INSTANCES_FILE, instances.to_csv(index=False))
+    n = len(index)
+    with tracking.start_run(
+        cfg.mlflow_experiment,
+        command,
+        run_name=f"{cfg.name}-predict-{kind}",
+        tags=role_tags(Role.PREDICT, **{Tag.PREDICT_KIND: kind}, **tags),
+        parent_run_id=parent_run_id,
+    ) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_text(cfg.to_yaml(), CONFIG_FILE)
+        for name, text in (texts or {}).items():
+            mlflow.log_text(text, name)
+        if dataset is not None:
+            tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="inference")
+        mlflow.log_artifacts(str(folder))
+        mlflow.log_metrics(
+            {
+                "n_images": n,
+                "n_instances": int(index["n_instances"].sum()) if n else 0,
+                "instances_per_image": float(index["n_instances"].mean()) if n else 0.0,
+                "seconds_per_image": float(index["seconds"].mean()) if n else 0.0,
+                **(metrics or {}),
+            }
+        )
+    return run.info.run_id
+
+
+def load_predicted_labels(run: Any) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """(predictions.csv, image id → int32 label image) of a predict run."""
+    return read_predicted_labels(run_folder(run))
+
+
+def tuned_postprocess(train: Any) -> dict | None:
+    """The post-processing tuned for train run `train` by its newest `kit predict --oof` (params, score,
+    start_score, n_images, oof_predict_run), or None when it was never tuned."""
+    return load_json_artifact(train, TUNED_POSTPROCESS_FILE)
+
+
+def _plan(
+    cfg: ExperimentConfig,
+    train: Any,
+    folds: list[FoldModel],
+    *,
+    split: str | None,
+    oof: bool,
+    input_dir: str | Path | None,
+) -> tuple[str, list[tuple[list[FoldModel], list[_Job]]], NucleiDataset | None]:
+    """(kind, groups of (fold models, images they predict), dataset or None) of a predict request."""
+    if input_dir is not None:
+        return "input", [(folds, _input_jobs(Path(input_dir)))], None
+    dataset = open_dataset(cfg.data.root)
+    trained_digest = train.data.tags.get(Tag.DATASET_DIGEST)
+    if trained_digest and trained_digest != dataset.digest:
+        log.warning("%s differs from the dataset train run %s trained on", dataset.root, train.info.run_id)
+    if oof:
+        return "oof", _oof_groups(dataset, folds), dataset
+    split = split or "test"
+    _check_not_trained_on(split, train)
+    return split, [(folds, _split_jobs(dataset, split))], dataset
+
+
+def _check_not_trained_on(split: str, train: Any) -> None:
+    from kit.config import config_from_dict
+
+    trained = config_from_dict(run_config(train), f"config of train run {train.info.run_id}").data.train_splits
+    if split in trained:
+        raise ConfigError(
+            f"the fold models of train run {train.info.run_id} trained on split '{split}'; averaging them over "
+            f"it would score images they saw. Use --oof for out-of-fold predictions of those images"
+        )
+
+
+def _split_jobs(dataset: NucleiDataset, split: str) -> list[_Job]:
+    ids = dataset.ids(split)
+    if not ids:
+        raise DataError(f"{dataset.root}: split '{split}' has no images")
+    return [_Job(i, split, str(dataset.image_path(i)), lambda i=i: dataset.load(i).image) for i in ids]
+
+
+def _oof_groups(dataset: NucleiDataset, folds: list[FoldModel]) -> list[tuple[list[FoldModel], list[_Job]]]:
+    """One group per fold model holding exactly its val_ids; an id in two folds' val_ids is an error."""
+    owner: dict[str, int] = {}
+    groups = []
+    for fold in folds:
+        for image_id in fold.val_ids:
+            if image_id in owner:
+                raise DataError(
+                    f"image {image_id!r} is in the val_ids.txt of fold {owner[image_id]} and fold {fold.fold}"
+                )
+            if image_id not in dataset:
+                raise DataError(
+                    f"image {image_id!r} of fold run {fold.run_id} is not in {dataset.root}; was the dataset "
+                    f"re-imported since training? Point --set data.root at the data the run trained on"
+                )
+            owner[image_id] = fold.fold
+        jobs = [
+            _Job(
+                i, str(dataset.row(i)["split"]), str(dataset.image_path(i)), lambda i=i: dataset.load(i).image
+            )
+            for i in fold.val_ids
+        ]
+        groups.append(([fold], jobs))
+    return groups
+
+
+def _input_jobs(folder: Path) -> list[_Job]:
+    from kit.inference.inputs import folder_images
+
+    return [_Job(im.id, "", str(im.path), lambda p=im.path: read_image(p)) for im in folder_images(folder)]
+
+
+def _predict_groups(
+    groups: list[tuple[list[FoldModel], list[_Job]]],
+    cfg: ExperimentConfig,
+    postprocess: dict,
+    tta: str,
+    device: str | None,
+    root: Path,
+    progress: bool,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predict every job of every group with a `Segmenter` over its group's fold models; the per-image
+    files go under `root` (written in the background, off the network's path)."""
+    from tqdm.auto import tqdm
+
+    rows, tables = [], []
+    bar = tqdm(total=sum(len(jobs) for _, jobs in groups), desc="predict", unit="image", disable=not progress)
+    with ArtifactWriter(root) as writer:
+        for folds, jobs in groups:
+            if not jobs:
+                continue
+            segmenter = Segmenter(
+                _load_models([f.checkpoint for f in folds], device), cfg, tta=tta, device=device, postprocess=postprocess
+            )
+            fold_names = ";".join(str(f.fold) for f in folds)
+            for job in jobs:
+                started = time.perf_counter()
+                try:
+                    seg = segmenter.predict(job.load(), details=True)
+                except DataError as exc:
+                    raise DataError(f"{job.source}: {exc}") from None
+                labels = seg.labels
+                rows.append(
+                    {
+                        "image_id": job.image_id,
+                        "split": job.split,
+                        "height": labels.shape[0],
+                        "width": labels.shape[1],
+                        "n_instances": int(labels.max(initial=0)),
+                        "folds": fold_names,
+                        "model_runs": ";".join(f.run_id for f in folds),
+                        "probs": writer.probs(job.image_id, seg.probs, seg.channels),
+                        "labels": writer.labels(job.image_id, labels),
+                        "source": job.source,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+                tables.append(_instance_table(job.image_id, fold_names, seg.instances()))
+                bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), _concat(tables)
+
+
+def _load_models(checkpoints: Iterable[Path], device: str | None) -> list:
+    from kit.models.checkpoint import load_checkpoint
+
+    return [load_checkpoint(path, map_location=device or "cpu")[0] for path in checkpoints]
+
+
+def _instance_table(image_id: str, folds: str, table: pd.DataFrame) -> pd.DataFrame:
+    return table.assign(image_id=image_id, folds=folds)[list(INSTANCE_COLUMNS)]
+
+
+def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(INSTANCE_COLUMNS))
+
+
+def _semantic(index: pd.DataFrame, root: Path) -> bool:
+    """Whether the predictions under `root` hold semantic maps (a "body" channel) to re-segment."""
+    return not index.empty and "body" in read_probs(root / index["probs"].iloc[0])[1]
+
+
+def _tune_on_oof(root: Path, index: pd.DataFrame, dataset: NucleiDataset, start: dict) -> dict:
+    """Tune the watershed on the out-of-fold maps under `root` and rewrite every label image (and the
+    index's instance counts) with the best settings. Returns params_used, instances (the new table),
+    metrics and the record to store with the train run."""
+    from kit.inference.postprocess import instances_from_probs
+    from kit.inference.segmenter import Segmentation
+    from kit.inference.tuning import tune_postprocess
+
+    maps = {row.image_id: read_probs(root / row.probs) for row in index.itertuples(index=False)}
+    items = [(probs, channels, np.asarray(dataset.load(i).labels)) for i, (probs, channels) in maps.items()]
+    result = tune_postprocess(items, start)
+    params = {**start, **result.params}
+    log.info("post-processing tuned on %d OOF images: %.4f -> %.4f %s", len(items), result.start_score, result.score, result.params)
+    tables = []
+    with ArtifactWriter(root) as writer:
+        for k, row in enumerate(index.itertuples(index=False)):
+            probs, channels = maps[row.image_id]
+            seg = Segmentation(instances_from_probs(probs, channels, **params), probs, channels)
+            writer.labels(row.image_id, seg.labels)
+            index.loc[k, "n_instances"] = int(seg.labels.max(initial=0))
+            tables.append(_instance_table(row.image_id, row.folds, seg.instances()))
+    atomic_write_text(root / "tuning.csv", result.trials.to_csv(index=False))
+    return {
+        "params_used": params,
+        "instances": _concat(tables),
+        "metrics": {"oof_map_untuned": result.start_score, "oof_map_tuned": result.score},
+        "record": {
+            "params": result.params,
+            "score": result.score,
+            "start_score": result.start_score,
+            "n_images": len(items),
+        },
+    }

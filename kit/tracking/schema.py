@@ -1,0 +1,260 @@
+"""The run schema: how kit's stages find each other in MLflow. Every role, tag name and run-level artifact
+path lives here, and so does every lookup, so a stage never writes a tag literal or a filter string.
+
+Runs by role (`kit.role` tag) and what they hold:
+
+- `train`: a parent run per `kit train` (tags `kit.folds`), `config.yaml`, after `kit predict --oof` also
+  `postprocess_tuned.json`, and an MLflow Model (`model/`); one `train-fold` child per fold (tags
+  `kit.fold`, `kit.parent_run_id`) holding `checkpoints/best.pt`, `checkpoints/last.pt`, `val_ids.txt`
+  (the images that fold did not train on) and `config.yaml`.
+- `predict`: one per `kit predict` (tags `kit.predict_kind` = test / validation / oof / input,
+  `kit.train_run_id`), its per-image files laid out as `kit.inference.artifacts` describes. The ensemble's
+  predictions are predict runs too, nested in their `ensemble` run (`kit.ensemble_run_id`).
+- `ensemble`, `evaluate` (`kit.predict_run_id`), `submit`, `import` (experiment `datasets`), `score`
+  (experiment `scores`), `style-fit` (`kit.style`), `style-synth`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kit.errors import RunNotFoundError
+from kit.tracking import store
+
+
+class Role:
+    """Values of the `kit.role` tag."""
+
+    TRAIN = "train"
+    TRAIN_FOLD = "train-fold"
+    PREDICT = "predict"
+    ENSEMBLE = "ensemble"
+    EVALUATE = "evaluate"
+    SUBMIT = "submit"
+    IMPORT = "import"
+    STYLES = "styles"
+    SCORE = "score"
+    STYLE_FIT = "style-fit"
+    STYLE_SYNTH = "style-synth"
+
+
+class Tag:
+    """Tag names stages write and read (standard tags such as `kit.experiment` are in `store`)."""
+
+    ROLE = "kit.role"
+    FOLD = "kit.fold"
+    FOLDS = "kit.folds"
+    PARENT_RUN = "kit.parent_run_id"
+    TRAIN_RUN = "kit.train_run_id"
+    PREDICT_RUN = "kit.predict_run_id"
+    PREDICT_KIND = "kit.predict_kind"
+    FOLD_RUNS = "kit.fold_runs"
+    ENSEMBLE_RUN = "kit.ensemble_run_id"
+    BASE_EXPERIMENTS = "kit.base_experiments"
+    BASE_OOF_RUNS = "kit.base_oof_runs"
+    BASE_APPLY_RUNS = "kit.base_apply_runs"
+    BASE_PREDICT_RUNS = "kit.base_predict_runs"
+    DATASET = "kit.dataset"
+    DATASET_DIGEST = "kit.dataset_digest"
+    STYLE = "kit.style"
+    STYLES = "kit.styles"
+    LABELS_SOURCE = "kit.labels_source"
+
+
+# MLflow experiments of the stages that do not belong to one model experiment.
+DATASETS_EXPERIMENT = "datasets"
+SCORES_EXPERIMENT = "scores"
+STYLE_EXPERIMENT = "style"
+
+# Run-level artifact paths.
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"
+LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
+VAL_IDS_FILE = "val_ids.txt"
+TUNED_POSTPROCESS_FILE = "postprocess_tuned.json"
+MODEL_NAME = "model"  # the MLflow Model each train and ensemble run logs
+
+PREDICT_KINDS = ("test", "validation", "oof", "input")
+_PREDICT_HINTS = {
+    "oof": "--oof",
+    "test": "--split test",
+    "validation": "--split validation",
+    "input": "--input DIR",
+}
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    """A finished fold of a train run: its run, the ids it did not train on, its best checkpoint."""
+
+    fold: int
+    run_id: str
+    val_ids: tuple[str, ...]
+    checkpoint: Path
+
+
+def role_tags(role: str, **tags: str) -> dict[str, str]:
+    """{kit.role: role, **tags}: the tags a stage starts its run with (keys are `Tag` names)."""
+    return {Tag.ROLE: role, **tags}
+
+
+def _client() -> Any:
+    return store.configure().MlflowClient()
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """Off, unless the user chose: MLflow's progress bar per artifact download (a stage has its own bar)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def get_run(run_id: str) -> Any:
+    """The MLflow run `run_id`, or RunNotFoundError naming the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client().get_run(run_id)
+    except MlflowException:
+        raise RunNotFoundError(
+            f"no run {run_id} in {store.tracking_uri()}; `kit runs` lists the runs"
+        ) from None
+
+
+def role_of(run: Any) -> str:
+    """The `kit.role` of a run ("" for runs kit did not make)."""
+    return run.data.tags.get(Tag.ROLE, "")
+
+
+def find_role_runs(
+    experiment: str, role: str, *, status: str | None = "FINISHED", max_results: int = 1000, **tags: str
+) -> list[Any]:
+    """Runs of `role` in MLflow experiment `experiment` with the given `Tag` values, newest first."""
+    return store.find_runs(experiment, tags=role_tags(role, **tags), status=status, max_results=max_results)
+
+
+def find_train_run(experiment: str, run_id: str | None = None) -> Any:
+    """The train parent run `run_id`, or the newest finished one of MLflow experiment `experiment`."""
+    if run_id is not None:
+        run = get_run(run_id)
+        role = role_of(run)
+        if role != Role.TRAIN:
+            hint = f"; use its parent {run.data.tags.get(Tag.PARENT_RUN)}" if role == Role.TRAIN_FOLD else ""
+            raise RunNotFoundError(f"run {run_id} is a {role or 'non-kit'} run, not a train run{hint}")
+        return run
+    runs = find_role_runs(experiment, Role.TRAIN, max_results=1)
+    if not runs:
+        raise RunNotFoundError(
+            f"experiment '{experiment}' has no finished train run in {store.tracking_uri()}; "
+            f"train it first with `kit train --exp {experiment}`"
+        )
+    return runs[0]
+
+
+def fold_runs(parent: Any, *, status: str | None = "FINISHED") -> list[Any]:
+    """The fold child runs of train run `parent` (any status when `status` is None), newest first."""
+    return store.find_runs_in(
+        parent.info.experiment_id, tags=role_tags(Role.TRAIN_FOLD, **{Tag.PARENT_RUN: parent.info.run_id}), status=status
+    )
+
+
+@quiet_downloads()
+def fold_models(train_run: Any) -> list[FoldModel]:
+    """The finished folds of `train_run`, sorted by fold, with their checkpoints available locally."""
+    import mlflow
+
+    children = fold_runs(train_run)
+    if not children:
+        raise RunNotFoundError(
+            f"train run {train_run.info.run_id} has no finished fold run; (re)train with `kit train`"
+        )
+    folds = []
+    for child in children:
+        run_id = child.info.run_id
+        try:
+            val_text = mlflow.artifacts.load_text(f"{child.info.artifact_uri}/{VAL_IDS_FILE}")
+            checkpoint = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BEST_CHECKPOINT)
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            raise RunNotFoundError(
+                f"fold run {run_id} of train run {train_run.info.run_id} lacks {VAL_IDS_FILE} or "
+                f"{BEST_CHECKPOINT} ({exc})"
+            ) from None
+        val_ids = tuple(line.strip() for line in val_text.splitlines() if line.strip())
+        folds.append(FoldModel(int(child.data.tags[Tag.FOLD]), run_id, val_ids, Path(checkpoint)))
+    folds.sort(key=lambda f: f.fold)
+    return folds
+
+
+def load_json_artifact(run: Any, path: str) -> dict | None:
+    """A JSON artifact of `run` as data, or None when the run has none at `path`."""
+    import mlflow
+
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{path}"))
+    except Exception:  # MLflow raises several types for a missing artifact
+        return None
+
+
+@quiet_downloads()
+def run_config(run: Any) -> dict[str, Any]:
+    """The resolved experiment config a run logged (config.yaml), as plain data."""
+    import mlflow
+    import yaml
+
+    try:
+        return yaml.safe_load(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{CONFIG_FILE}")) or {}
+    except Exception as exc:  # missing artifact
+        raise RunNotFoundError(f"run {run.info.run_id} has no {CONFIG_FILE} ({exc})") from None
+
+
+def find_predict_run(experiment: str, kinds: str | Sequence[str] = "test", run_id: str | None = None) -> Any:
+    """The predict run `run_id`, or the newest finished predict run of one of `kinds` in `experiment`."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if run_id is not None:
+        run = get_run(run_id)
+        if role_of(run) != Role.PREDICT:
+            raise RunNotFoundError(f"run {run_id} is not a predict run ({Tag.ROLE}={role_of(run)})")
+        return run
+    runs = [
+        run
+        for kind in kinds
+        for run in find_role_runs(experiment, Role.PREDICT, max_results=1, **{Tag.PREDICT_KIND: kind})
+    ]
+    if not runs:
+        how = " or ".join(
+            f"`kit predict --exp {experiment} {_PREDICT_HINTS[k]}`" for k in kinds if k in _PREDICT_HINTS
+        )
+        raise RunNotFoundError(
+            f"experiment '{experiment}' has no finished predict run of kind {'/'.join(kinds)}; run {how} first"
+        )
+    return max(runs, key=lambda r: r.info.start_time)
+
+
+@quiet_downloads()
+def run_folder(run: Any) -> Path:
+    """The local folder of a run's artifacts (downloaded when the store is remote)."""
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id))
+    except Exception as exc:  # unreachable store or deleted artifacts
+        raise RunNotFoundError(f"cannot read the artifacts of run {run.info.run_id} ({exc})") from None
+
+
+def log_artifact_to(run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    """Add a file to the artifacts of run `run_id` (which may be finished)."""
+    _client().log_artifact(run_id, str(local_path), artifact_path)
