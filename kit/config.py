@@ -123,7 +123,8 @@ class InferenceConfig(_Section):
 class PostprocessConfig(_Section):
     """Probability maps → instances (marker-controlled watershed, `kit.inference.postprocess`).
 
-    `kit predict --oof` tunes the first five settings on the out-of-fold maps and stores them with the
+    `min_area_fraction` drops instances smaller than that fraction of the image's median instance area.
+    `kit predict --oof` tunes the first six settings on the out-of-fold maps and stores them with the
     train run; later predictions of that run use the tuned values when `tuned` is true (set it false to
     use exactly the values given here).
     """
@@ -132,6 +133,7 @@ class PostprocessConfig(_Section):
     min_seed_size: int = Field(8, ge=1)
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     min_size: int = Field(10, ge=0)
+    min_area_fraction: float = Field(0.0, ge=0, lt=1)
     fill_holes: bool = True
     grow_with_mask: bool = True
     tuned: bool = True

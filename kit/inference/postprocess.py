@@ -23,6 +23,7 @@ def instances_from_probs(
     seed_threshold: float = 0.5,
     mask_threshold: float = 0.5,
     min_size: int = 10,
+    min_area_fraction: float = 0.0,
     min_seed_size: int = 8,
     grow_with_mask: bool = True,
     fill_holes: bool = True,
@@ -35,7 +36,8 @@ def instances_from_probs(
     `min_seed_size` pixels. Foreground: (body + border) > mask_threshold without a "mask" channel; with
     one, the carved body > mask_threshold, grown back over the carved border into mask > mask_threshold
     when `grow_with_mask`. Pixels of a foreground component without a seed stay background. Then holes
-    enclosed by a single instance are filled (`fill_holes`), instances under `min_size` pixels dropped,
+    enclosed by a single instance are filled (`fill_holes`), instances under `min_size` pixels or under
+    `min_area_fraction` of the image's median instance area dropped (`drop_small`),
     and the rest relabelled 1..N in the order of their seeds (row-major first pixel).
     """
     probs = np.asarray(probs, dtype=np.float32)
@@ -64,7 +66,7 @@ def instances_from_probs(
 
     if fill_holes:
         _fill_single_owner_holes(labels)
-    return drop_small(labels, min_size)
+    return drop_small(labels, min_size, min_area_fraction)
 
 
 def _fill_single_owner_holes(labels: np.ndarray) -> None:
@@ -92,9 +94,16 @@ def _fill_single_owner_holes(labels: np.ndarray) -> None:
     labels[filled > 0] = filled[filled > 0]
 
 
-def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove instances under `min_size` pixels and relabel the rest 1..N, keeping their order."""
-    keep = np.bincount(labels.ravel()) >= min_size
+def drop_small(labels: np.ndarray, min_size: int, min_area_fraction: float = 0.0) -> np.ndarray:
+    """Remove instances under `min_size` pixels, or under `min_area_fraction` × the median area of the
+    image's instances (a size rule that follows the magnification), and relabel the rest 1..N in order."""
+    areas = np.bincount(labels.ravel())
+    limit = float(min_size)
+    if min_area_fraction > 0 and areas.size > 1:
+        present = areas[1:][areas[1:] > 0]
+        if present.size:
+            limit = max(limit, min_area_fraction * float(np.median(present)))
+    keep = areas >= limit
     keep[0] = False
     lut = np.zeros(keep.size, dtype=np.int32)
     lut[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.int32)

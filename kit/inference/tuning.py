@@ -3,8 +3,13 @@
 `tune_postprocess` searches the watershed settings of `instances_from_probs` for the highest mean DSB
 score over images that the models did not train on, by coordinate descent over a small grid: seeds
 (`seed_threshold` × `min_seed_size`), then the foreground (`mask_threshold` × `grow_with_mask`), then the
-seeds once more; every labelling is scored at each `min_size` of the grid, which only drops instances
-and costs no watershed. It starts from the config's values, so the result is never worse on these images.
+seeds once more; every labelling is scored at each (`min_size`, `min_area_fraction`) of the grid, which
+only drops instances and costs no watershed. It starts from the config's values, so the result is never
+worse on these images.
+
+The size rule is mostly relative (`min_area_fraction` of each image's median instance area, up to
+half of it) and the absolute `min_size` stays small (≤ 25 px): thresholds tuned on one dataset's
+magnification then still hold on images whose nuclei are much smaller.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ import pandas as pd
 from kit.inference.postprocess import drop_small, instances_from_probs
 from kit.metrics import dsb_score
 
-TUNED_KEYS = ("seed_threshold", "min_seed_size", "mask_threshold", "grow_with_mask", "min_size")
+WATERSHED_KEYS = ("seed_threshold", "min_seed_size", "mask_threshold", "grow_with_mask")
+SIZE_KEYS = ("min_size", "min_area_fraction")
+TUNED_KEYS = WATERSHED_KEYS + SIZE_KEYS
 DEFAULT_GRID: dict[str, tuple] = {
     "seed_threshold": (0.4, 0.5, 0.6, 0.7, 0.8),
     "min_seed_size": (4, 8, 16, 32, 64),
     "mask_threshold": (0.3, 0.4, 0.5, 0.6),
     "grow_with_mask": (True, False),
-    "min_size": (0, 10, 25, 50, 100, 150),
+    "min_size": (0, 10, 25),
+    "min_area_fraction": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
 }
 
 Item = tuple[np.ndarray, Sequence[str], np.ndarray]  # probs (K, H, W), channel names, truth labels
@@ -51,34 +59,44 @@ def tune_postprocess(
     if not items:
         raise ValueError("tuning needs at least one image with truth")
     grid = {**DEFAULT_GRID, **(grid or {})}
-    sizes = sorted({int(start["min_size"]), *(int(s) for s in grid["min_size"])})
+    sizes = sorted(
+        {(int(start["min_size"]), float(start.get("min_area_fraction", 0.0)))}
+        | {(int(a), float(f)) for a in grid["min_size"] for f in grid["min_area_fraction"]}
+    )
     trials: list[dict] = []
-    cache: dict[tuple, dict[int, float]] = {}
+    cache: dict[tuple, dict[tuple[int, float], float]] = {}
 
-    def evaluate(params: Mapping) -> dict[int, float]:
-        key = tuple(params[k] for k in TUNED_KEYS if k != "min_size")
+    def evaluate(params: Mapping) -> dict[tuple[int, float], float]:
+        key = tuple(params[k] for k in WATERSHED_KEYS)
         if key not in cache:
-            per_size = {s: [] for s in sizes}
+            per_size: dict[tuple[int, float], list[float]] = {s: [] for s in sizes}
             for probs, channels, truth in items:
-                labels = instances_from_probs(probs, channels, **{**params, "min_size": 0})
-                for s in sizes:
-                    per_size[s].append(dsb_score(truth, drop_small(labels, s)))
+                labels = instances_from_probs(
+                    probs, channels, **{**params, "min_size": 0, "min_area_fraction": 0.0}
+                )
+                for size, fraction in sizes:
+                    per_size[(size, fraction)].append(dsb_score(truth, drop_small(labels, size, fraction)))
             cache[key] = {s: float(np.mean(v)) for s, v in per_size.items()}
-            for s, score in cache[key].items():
+            for (size, fraction), score in cache[key].items():
                 trials.append(
-                    {**{k: params[k] for k in TUNED_KEYS if k != "min_size"}, "min_size": s, "score": score}
+                    {
+                        **dict(zip(WATERSHED_KEYS, key, strict=True)),
+                        "min_size": size,
+                        "min_area_fraction": fraction,
+                        "score": score,
+                    }
                 )
         return cache[key]
 
-    best = dict(start)
-    start_score = evaluate(best)[int(best["min_size"])]
+    best = {"min_area_fraction": 0.0, **start}
+    start_score = evaluate(best)[(int(best["min_size"]), float(best["min_area_fraction"]))]
     best_score = start_score
 
     def consider(params: dict) -> None:
         nonlocal best, best_score
-        for size, score in evaluate(params).items():
+        for (size, fraction), score in evaluate(params).items():
             if score > best_score + 1e-9:
-                best, best_score = {**params, "min_size": size}, score
+                best, best_score = {**params, "min_size": size, "min_area_fraction": fraction}, score
 
     for keys in (
         ("seed_threshold", "min_seed_size"),
