@@ -65,7 +65,7 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data, demo, ensemble, predict, runs, score, style, train, weights
+    from kit.commands import data, demo, ensemble, model, predict, runs, score, style, train, weights
 
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
@@ -73,6 +73,8 @@ def _register_commands() -> None:
     app.command("submit")(predict.submit_command)
     app.command("ensemble")(ensemble.ensemble_command)
     app.command("score")(score.score_command)
+    app.command("register")(model.register_command)
+    app.command("export")(model.export_command)
     app.command("runs")(runs.runs_command)
     app.command("ui")(runs.ui_command)
     app.command("demo")(demo.demo_command)

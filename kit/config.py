@@ -18,6 +18,16 @@ from kit.errors import ConfigError
 
 EXPERIMENTS_DIR = Path("experiments")
 
+# Every list of choices, defined once: configs validate against these, stages and the CLI read them.
+TtaMode = Literal["none", "flips", "d4"]
+PredictKind = Literal["test", "validation", "oof", "input"]
+SubmitKind = Literal["test", "input"]
+ApplyKind = Literal["test", "input", "none"]
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+PREDICT_KINDS: tuple[str, ...] = get_args(PredictKind)
+SUBMIT_KINDS: tuple[str, ...] = get_args(SubmitKind)
+APPLY_KINDS: tuple[str, ...] = get_args(ApplyKind)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -113,7 +123,7 @@ class TrainingConfig(_Section):
 class InferenceConfig(_Section):
     """Test-time augmentation and tiling."""
 
-    tta: Literal["none", "flips", "d4"] = "none"
+    tta: TtaMode = "none"
     scales: list[float] = [1.0]
     tile: int = Field(512, ge=32)
     overlap: int = Field(64, ge=0)
@@ -157,10 +167,11 @@ class InstancesConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """Where runs go; `experiment` defaults to the config's name."""
+    """Where runs go (`experiment` defaults to the config's name) and whether a finished train run logs
+    its fold models as an MLflow Model (`log_model`; the checkpoints are logged either way)."""
 
     experiment: str | None = None
-    log_checkpoints: bool = True
+    log_model: bool = True
 
 
 class LightGBMRanges(_Section):
@@ -189,7 +200,7 @@ class EnsembleConfig(_Section):
     nms_overlap: float = Field(0.3, ge=0, lt=1)
     threshold: float | None = Field(None, ge=0, le=1)
     neighbour_radii: list[int] = [50, 100, 150, 200]
-    apply_kind: Literal["test", "input", "none"] = "test"
+    apply_kind: ApplyKind = "test"
     seed: int = 0
     lightgbm: LightGBMRanges = LightGBMRanges()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +13,12 @@ from kit.stages.demo import DemoStep, run_demo
 
 def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble(project_dir) -> None:
     stages: list[str] = []
+    tiny = ("training.epochs=1", "data.samples_per_epoch=8", "training.max_steps_per_epoch=2")
     steps = (
-        DemoStep("unet_tiny", epochs=1, samples_per_epoch=8, overrides=("training.max_steps_per_epoch=2",)),
-        DemoStep(
-            "maskrcnn_tiny", epochs=1, samples_per_epoch=8, overrides=("training.max_steps_per_epoch=2",)
-        ),
+        DemoStep("unet_tiny", share=0.5, overrides=tiny),
+        DemoStep("maskrcnn_tiny", share=0.5, overrides=tiny),
     )
-    result = run_demo(synthetic=True, steps=steps, announce=stages.append, progress=False)
+    result = run_demo(synthetic=True, minutes=2, steps=steps, announce=stages.append, progress=False)
 
     assert [s.split(" ")[0] for s in stages] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6"]
     table = result.table.set_index("model")
@@ -32,3 +32,13 @@ def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble
     assert result.submission.resolve() == project_dir / "submissions" / "demo_ensemble.csv"
     assert result.submission.read_text().startswith("ImageId,EncodedPixels")
     assert {"train unet_tiny", "train maskrcnn_tiny", "ensemble"} <= set(result.runs)
+
+
+def test_demo_shares_the_minutes_between_models_and_folds(project_dir) -> None:
+    step = DemoStep("unet_tiny", share=0.6, folds=(0, 1), overrides=("training.val_every=7",))
+    cfg = step.config(Path("data/x"), 1, minutes=20, seed=3)
+    assert cfg.training.max_minutes == pytest.approx(6.0)  # 20 min × 0.6 over 2 folds
+    assert cfg.training.folds == [0, 1]
+    assert cfg.training.seed == 3
+    assert cfg.training.early_stopping_patience is None
+    assert cfg.training.val_every == 7  # the step's own overrides come last

@@ -9,7 +9,7 @@ from torch import nn
 
 from kit.errors import ConfigError
 from kit.inference import (
-    TTA_MODES,
+    TRANSFORMS,
     d4_forward,
     d4_inverse,
     model_predictor,
@@ -40,7 +40,7 @@ def test_d4_elements_are_as_documented_and_distinct() -> None:
     assert np.array_equal(d4_forward(x, 6), x[::-1, :])
     assert np.array_equal(d4_forward(x, 7), x.T)
     assert len({d4_forward(x, k).tobytes() for k in range(8)}) == 8
-    assert {d4_forward(x, k).tobytes() for k in TTA_MODES["flips"]} == {
+    assert {d4_forward(x, k).tobytes() for k in TRANSFORMS["flips"]} == {
         x.tobytes(),
         x[:, ::-1].tobytes(),
         x[::-1].tobytes(),
@@ -50,7 +50,7 @@ def test_d4_elements_are_as_documented_and_distinct() -> None:
         d4_forward(x, 8)
 
 
-@pytest.mark.parametrize("mode", list(TTA_MODES))
+@pytest.mark.parametrize("mode", list(TRANSFORMS))
 def test_tta_with_identity_returns_the_input(mode: str) -> None:
     image = torch.rand(1, 3, 33, 47)
     out = predict_tta(lambda x: x, image, mode=mode)

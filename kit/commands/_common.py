@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,13 @@ from rich.table import Table
 from kit.errors import DataError
 
 console = Console()
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of `values` (a choice list of `kit.config`), so Typer validates and lists them."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
 DATA_DIR = Path("data")
 
 DataOption = Annotated[

@@ -162,7 +162,9 @@ def styles_command(
     root = resolve_dataset_dir(data)
     report = styles_report(root, out, per_style)
     table = report.table
-    print_frame(table, title=f"{root.name}: style clusters × split (images, % of split)", float_format="{:.1f}")
+    print_frame(
+        table, title=f"{root.name}: style clusters × split (images, % of split)", float_format="{:.1f}"
+    )
     rare = table.loc[table["rare_in_train"], "style"].tolist()
     if rare:
         console.print(

@@ -13,18 +13,21 @@ def demo_command(
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Use a generated data set instead of mnfinder (no download).")
     ] = False,
-    budget: Annotated[
+    minutes: Annotated[
         float,
         typer.Option(
-            help="Scale epochs and samples per epoch (1 = ~30 min on 2 CPU cores; 8+ on a GPU).", min=0.05
+            help="Wall-clock budget, import to scored submission (the training time follows it).", min=1.0
         ),
-    ] = 1.0,
+    ] = 45.0,
+    seed: Annotated[int, typer.Option(help="Seed of training and ensemble.")] = 0,
 ) -> None:
-    """Run the whole journey on real data (mnfinder) with CPU-sized budgets and print test mAP per model."""
+    """Run the whole journey on real data (mnfinder) within a time budget and print test mAP per model."""
     from kit import tracking
     from kit.stages.demo import run_demo
 
-    result = run_demo(synthetic=synthetic, budget=budget, announce=lambda text: console.rule(f"[bold]{text}"))
+    result = run_demo(
+        synthetic=synthetic, minutes=minutes, seed=seed, announce=lambda text: console.rule(f"[bold]{text}")
+    )
     print_frame(result.table, title="test split: DSB mAP@[.5:.95] per model", float_format="{:.4f}")
     console.print(f"submission: {result.submission}   ({result.seconds / 60:.1f} min)")
     console.print(

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from kit.commands._common import OverridesOption, console, print_frame, print_summary
+from kit.commands._common import DataOption, OverridesOption, choices, console, print_frame, print_summary
 from kit.commands.train import ExpOption
+from kit.config import PREDICT_KINDS, SUBMIT_KINDS, TTA_MODES
 
-
-class Kind(str, Enum):
-    oof = "oof"
-    test = "test"
-    validation = "validation"
-    input = "input"
-
-
-class Tta(str, Enum):
-    none = "none"
-    flips = "flips"
-    d4 = "d4"
+Kind = choices("Kind", PREDICT_KINDS)
+SubmitKind = choices("SubmitKind", SUBMIT_KINDS)
+Tta = choices("Tta", TTA_MODES)
+OptionalExp = Annotated[
+    str | None,
+    typer.Option("--exp", "-e", help="Experiment name (in ./experiments/) or path to a YAML file."),
+]
 
 
 def predict_command(
-    exp: ExpOption,
+    exp: OptionalExp = None,
     split: Annotated[
         str | None,
         typer.Option(help="Dataset split to predict with all fold models averaged (default: test)."),
@@ -54,9 +49,26 @@ def predict_command(
     device: Annotated[
         str | None, typer.Option(help="torch device, e.g. cpu or cuda:1 (default: cuda when present).")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Predict with this model instead of an experiment's: models:/NAME/VERSION, runs:/ID/model, "
+            "a run id, a checkpoint or model folder. With --input DIR, or --data ROOT [--split S].",
+        ),
+    ] = None,
+    data: DataOption = None,
     overrides: OverridesOption = None,
 ) -> None:
-    """Predict probability maps and instance label images with an experiment's fold models (an MLflow run)."""
+    """Predict probability maps and instance label images with an experiment's fold models, or with any
+    model (--model); one MLflow predict run."""
+    from kit.errors import ConfigError
+
+    if model is not None:
+        _predict_with_model(model, input_dir, data, split, tta, device)
+        return
+    if exp is None:
+        raise ConfigError("give --exp EXPERIMENT (its newest train run) or --model MODEL")
     from kit.config import load_experiment
     from kit.stages.predict import predict_experiment
 
@@ -81,6 +93,27 @@ def predict_command(
         f"[bold]{cfg.name}[/] {outcome.kind}: {len(index)} image(s), {int(index['n_instances'].sum())} instances, "
         f"{index['seconds'].mean():.2f} s/image, {how} (train run {outcome.train_run_id[:8]}); "
         f"MLflow predict run {outcome.run_id[:8]}"
+    )
+
+
+def _predict_with_model(
+    model: str, input_dir: Path | None, data: Path | None, split: str | None, tta, device: str | None
+) -> None:
+    from kit.stages.predict import predict_with_model
+
+    outcome = predict_with_model(
+        model,
+        input_dir=input_dir,
+        data_root=data,
+        split=split or "test",
+        tta=tta.value if tta else None,
+        device=device,
+        command=f"predict --model {model}",
+    )
+    index = outcome.index
+    console.print(
+        f"[bold]{model}[/] {outcome.kind}: {len(index)} image(s), {int(index['n_instances'].sum())} instances, "
+        f"{index['seconds'].mean():.2f} s/image; MLflow predict run {outcome.run_id[:8]} in '{outcome.experiment}'"
     )
 
 
@@ -134,7 +167,7 @@ def submit_command(
         str, typer.Option("--name", "-n", help="Submission name: writes submissions/<name>.csv.")
     ],
     kind: Annotated[
-        str | None, typer.Option(help="Predict run kind: test or input (default: the newest of either).")
+        SubmitKind | None, typer.Option(help="Predict run kind (default: the newest test or input run).")
     ] = None,
     predict_run: Annotated[
         str | None, typer.Option("--predict-run", help="Predict run id (default: the newest test/input run).")
@@ -147,7 +180,11 @@ def submit_command(
 
     cfg = load_experiment(exp, overrides or [])
     outcome = submit_experiment(
-        cfg, name, kind=kind, predict_run_id=predict_run, command=f"submit --exp {exp}"
+        cfg,
+        name,
+        kind=kind.value if kind else None,
+        predict_run_id=predict_run,
+        command=f"submit --exp {exp}",
     )
     console.print(
         f"{outcome.path}: {outcome.n_rows} rows for {outcome.n_images} images, valid; "

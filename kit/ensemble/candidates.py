@@ -115,6 +115,43 @@ class SourceRun:
         return self.index.loc[image_id]
 
 
+@dataclass(frozen=True)
+class PredictionSource:
+    """One base model's in-memory predictions, a candidate source like `SourceRun` (used by the ensemble
+    as a model object, `kit.ensemble.segmenter`): per image id, its label image, maps (channel → H×W,
+    {} for none) and per-instance scores (label i at index i − 1, or None)."""
+
+    name: str
+    postprocess: dict[str, Any]
+    predictions: dict[str, tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]]
+    run_id: str = "in memory"
+
+    @property
+    def scores(self) -> pd.Series | None:
+        rows = [
+            (image_id, label, float(score))
+            for image_id, (_, _, scores) in self.predictions.items()
+            if scores is not None
+            for label, score in enumerate(scores, start=1)
+        ]
+        if not rows:
+            return None
+        frame = pd.DataFrame(rows, columns=["image_id", "label", "score"])
+        return pd.Series(
+            frame["score"].to_numpy(), index=pd.MultiIndex.from_frame(frame[["image_id", "label"]])
+        )
+
+    @property
+    def image_ids(self) -> list[str]:
+        return list(self.predictions)
+
+    def labels(self, image_id: str) -> np.ndarray:
+        return self.predictions[image_id][0]
+
+    def maps(self, image_id: str) -> dict[str, np.ndarray]:
+        return self.predictions[image_id][1]
+
+
 @dataclass
 class SplitLevel:
     """The new parts found at one stricter seed threshold: a label image holding only them, their ids,
@@ -210,7 +247,7 @@ def _parent_of(labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def image_candidates(
-    image_id: str, sources: Sequence[SourceRun], split_thresholds: Sequence[float]
+    image_id: str, sources: Sequence[SourceRun | PredictionSource], split_thresholds: Sequence[float]
 ) -> Candidates:
     """All candidates of `image_id` from `sources` (each must have predicted it, at the same size)."""
     layers: list[np.ndarray] = []
@@ -259,7 +296,7 @@ def image_candidates(
     return Candidates(image_id, stacked, table, maps)
 
 
-def _scores(source: SourceRun, image_id: str, ids: np.ndarray) -> np.ndarray:
+def _scores(source: SourceRun | PredictionSource, image_id: str, ids: np.ndarray) -> np.ndarray:
     """The source's per-instance confidence of instances `ids` of `image_id` (NaN when unknown)."""
     if source.scores is None:
         return np.full(ids.shape, np.nan)

@@ -57,6 +57,15 @@ class ScoreEstimator:
         }
 
     @classmethod
+    def from_dict(cls, data: dict) -> ScoreEstimator:
+        """The estimator `to_dict` described."""
+        if list(data.get("p_grid", P_GRID)) != list(P_GRID):
+            raise ValueError("score estimator saved on another probability grid")
+        return cls(
+            tuple(tuple(float(v) for v in row) for row in data["hit_probability"]), float(data["miss_rate"])
+        )
+
+    @classmethod
     def fit(
         cls, predicted: Sequence[np.ndarray], target: Sequence[np.ndarray], n_true: Sequence[int]
     ) -> ScoreEstimator:

@@ -2,10 +2,10 @@
 
 from kit.inference.postprocess import instances_from_probs
 from kit.inference.tiling import model_predictor, predict_tiled, probabilities
-from kit.inference.tta import TTA_MODES, d4_forward, d4_inverse, predict_tta
+from kit.inference.tta import TRANSFORMS, d4_forward, d4_inverse, predict_tta
 
 __all__ = [
-    "TTA_MODES",
+    "TRANSFORMS",
     "d4_forward",
     "d4_inverse",
     "instances_from_probs",

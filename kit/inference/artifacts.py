@@ -5,7 +5,8 @@ The layout a predict run writes (all paths relative to the run's artifact root):
     probs/<id>.npz      float16 maps (K, H, W) under "probs" and their names under "channels", compressed
     labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
                         when an image has more than 65535 instances
-    predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files
+    predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files; `estimated_score` is
+                        the ensemble's estimate of the image's DSB score (empty for other models)
     instances.csv       one row per instance (`INSTANCE_COLUMNS`: area, mean foreground probability,
                         `score` = detection score of instance models, empty for semantic ones)
     postprocess.json    the post-processing settings that made the label images
@@ -43,6 +44,7 @@ INDEX_COLUMNS = (
     "labels",
     "source",
     "seconds",
+    "estimated_score",
 )
 INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_prob", "folds", "score")
 POSTPROCESS_FILE = "postprocess.json"

@@ -23,7 +23,7 @@ from kit.errors import ConfigError
 from kit.inference.instances import Detections, concatenate, drop_duplicates, merge_detections
 from kit.inference.predictor import image_tensor
 from kit.inference.tiling import tile_starts
-from kit.inference.tta import TTA_MODES, d4_forward
+from kit.inference.tta import TRANSFORMS, check_tta, d4_forward
 
 DetectFn = Callable[[list[torch.Tensor]], list[Detections]]
 """Tiles, each float32 (C, h, w) → their `Detections` in the tile's frame."""
@@ -157,13 +157,12 @@ class InstancePredictor:
     ) -> None:
         if not models:
             raise ValueError("InstancePredictor needs at least one model")
-        if tta not in TTA_MODES:
-            raise ConfigError(f"unknown TTA mode {tta!r}; choose one of {', '.join(TTA_MODES)}")
+        check_tta(tta)
         self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
         self.models = [m.to(self.device).eval() for m in models]
         self.in_channels = int(self.models[0].kit_cfg["in_channels"])
         self._detectors = [model_detector(m, amp) for m in self.models]
-        self.transforms = TTA_MODES[tta]
+        self.transforms = TRANSFORMS[tta]
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.vote_iou = vote_iou
         n_copies = len(self.models) * len(self.transforms)

@@ -18,6 +18,7 @@ Both return a `Segmentation`, so the predict stage writes them in one layout.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from torch import nn
 
 from kit.config import ExperimentConfig, config_from_dict
 from kit.data.normalize import normalize_image
-from kit.errors import ConfigError, DataError
+from kit.errors import ConfigError, DataError, KitError
+from kit.fileio import atomic_write_text
 from kit.inference.instance_predictor import InstancePredictor
 from kit.inference.instances import detections_to_labels
 from kit.inference.postprocess import instances_from_probs
@@ -44,13 +46,15 @@ class Segmentation:
 
     labels: int32 (H, W), 0 = background, 1..N; probs: float32 (K, H, W) maps named by `channels`
     (semantic: the network's channels; instance: "mask", the highest score × mask probability per pixel);
-    scores: float32 (N,), the detection score of label i at index i − 1 (instance models only).
+    scores: float32 (N,), the detection score of label i at index i − 1 (instance models; the predicted
+    IoU for the ensemble); estimated_score: the ensemble's estimate of the image's DSB score (else NaN).
     """
 
     labels: np.ndarray
     probs: np.ndarray
     channels: tuple[str, ...]
     scores: np.ndarray | None = None
+    estimated_score: float = float("nan")
 
     def foreground(self) -> np.ndarray | None:
         """The map instance tables average inside each instance: "body", else "mask", else None."""
@@ -229,6 +233,58 @@ class Segmenter:
         return out if details else out.labels
 
     __call__ = predict
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write the model as a folder (`MODEL_FILE` + one checkpoint per fold model) that `load` reads."""
+        from kit.models.checkpoint import save_checkpoint
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [f"model{i}.pt" for i in range(len(self.models))]
+        for name, model in zip(names, self.models, strict=True):
+            save_checkpoint(folder / name, model, self.config.to_dict())
+        info = {
+            "format": MODEL_FORMAT,
+            "kind": "segmenter",
+            "checkpoints": names,
+            "tta": self.tta,
+            "postprocess": self.postprocess,
+        }
+        atomic_write_text(folder / MODEL_FILE, json.dumps(info, indent=2))
+        return folder
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike, *, tta: str | None = None, device: torch.device | str | None = None
+    ) -> Segmenter:
+        """A model folder written by `save` (its TTA mode unless `tta` is given)."""
+        folder = Path(folder)
+        info = read_model_info(folder, "segmenter")
+        return cls.from_checkpoints(
+            [folder / name for name in info["checkpoints"]],
+            tta=tta or info.get("tta"),
+            device=device,
+            postprocess=info.get("postprocess"),
+        )
+
+
+MODEL_FILE = "kit_model.json"
+MODEL_FORMAT = "kit-model-1"
+
+
+def read_model_info(folder: Path, kind: str | None = None) -> dict:
+    """The `MODEL_FILE` of a model folder; KitError naming the folder when it is missing or of another
+    kind ("segmenter" or "ensemble")."""
+    path = Path(folder) / MODEL_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KitError(f"{folder} is not a kit model folder (no readable {MODEL_FILE}: {exc})") from None
+    if info.get("format") != MODEL_FORMAT or (kind is not None and info.get("kind") != kind):
+        raise KitError(
+            f"{path}: expected a {kind or 'kit'} model of format {MODEL_FORMAT}, got {info.get('kind')!r}"
+        )
+    return info
 
 
 def _checkpoint_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

@@ -15,15 +15,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kit.config import TTA_MODES
 from kit.errors import ConfigError
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
-TTA_MODES: dict[str, tuple[int, ...]] = {
+TRANSFORMS: dict[str, tuple[int, ...]] = {
     "none": (0,),
     "flips": (0, 4, 6, 2),
     "d4": tuple(range(8)),
 }
+"""The dihedral transforms (`d4_forward` indices) of each mode of `kit.config.TTA_MODES`."""
+assert tuple(TRANSFORMS) == TTA_MODES
+
+
+def check_tta(mode: str) -> None:
+    """ConfigError unless `mode` is one of `TTA_MODES`."""
+    if mode not in TTA_MODES:
+        raise ConfigError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
 
 
 def _rot90(x: Array, r: int) -> Array:
@@ -77,12 +86,11 @@ def predict_tta(
     h, w (wrap a model with `predict_tiled` to handle padding). Each prediction is resized back to the
     exact transformed size, inverse-transformed and averaged. Returns float32 (N, K, H, W).
     """
-    if mode not in TTA_MODES:
-        raise ConfigError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    check_tta(mode)
     if not scales or any(s <= 0 for s in scales):
         raise ConfigError(f"TTA scales must be positive, got {tuple(scales)}")
     total: torch.Tensor | None = None
-    for k in TTA_MODES[mode]:
+    for k in TRANSFORMS[mode]:
         x = d4_forward(image, k)
         size = (x.shape[-2], x.shape[-1])
         for scale in scales:
@@ -94,4 +102,4 @@ def predict_tta(
             # Copy on the first term: predict_fn may return (a view of) its input.
             total = probs.to(torch.float32, copy=True) if total is None else total.add_(probs)
     assert total is not None
-    return total / (len(TTA_MODES[mode]) * len(scales))
+    return total / (len(TRANSFORMS[mode]) * len(scales))

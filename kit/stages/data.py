@@ -30,7 +30,9 @@ class ImportOutcome:
     run_id: str
 
 
-def import_dataset(kind: str, out: Path, write: Callable[[], object], *, command: str = "data import") -> ImportOutcome:
+def import_dataset(
+    kind: str, out: Path, write: Callable[[], object], *, command: str = "data import"
+) -> ImportOutcome:
     """Run `write` (an importer writing the dataset to `out`) and log the import as an MLflow run."""
     import mlflow
 
@@ -43,7 +45,9 @@ def import_dataset(kind: str, out: Path, write: Callable[[], object], *, command
     ) as run:
         tracking.log_dataset(out / "manifest.csv", name=out.name, context="import")
         mlflow.log_params({"kind": kind, "path": str(out.resolve()), "n_images": len(manifest)})
-        mlflow.log_metrics({"import_seconds": elapsed, "n_nuclei": float(manifest["n_nuclei"].fillna(0).sum())})
+        mlflow.log_metrics(
+            {"import_seconds": elapsed, "n_nuclei": float(manifest["n_nuclei"].fillna(0).sum())}
+        )
         mlflow.log_artifact(str(out / "manifest.csv"))
         if (out / "dataset.json").is_file():
             mlflow.log_artifact(str(out / "dataset.json"))
@@ -64,7 +68,9 @@ def import_mnfinder(out: Path, **kwargs) -> ImportOutcome:
     return import_dataset("mnfinder", out, lambda: write(out, **kwargs))
 
 
-def synthesize(out: Path, n: int, seed: int = 0, *, size: int | None = None, k_folds: int = 4, progress: bool = True) -> ImportOutcome:
+def synthesize(
+    out: Path, n: int, seed: int = 0, *, size: int | None = None, k_folds: int = 4, progress: bool = True
+) -> ImportOutcome:
     """A synthetic dataset of `n` images with exact truth (`kit.data.synthetic`) as a tracked import."""
     from kit.data.layout import write_dataset
     from kit.data.synthetic import generate_synthetic
@@ -111,7 +117,10 @@ def styles_report(root: Path, out: Path | None = None, per_style: int = 6) -> St
     csv = out.with_suffix(".csv")
     table.to_csv(csv, index=False)
     with tracking.start_run(
-        DATASETS_EXPERIMENT, "data styles", run_name=f"{dataset.name}-styles", tags=role_tags(Role.STYLES, **{Tag.DATASET: dataset.name})
+        DATASETS_EXPERIMENT,
+        "data styles",
+        run_name=f"{dataset.name}-styles",
+        tags=role_tags(Role.STYLES, **{Tag.DATASET: dataset.name}),
     ) as run:
         tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="styles")
         mlflow.log_artifact(str(mosaic))

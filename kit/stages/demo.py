@@ -1,17 +1,18 @@
-"""`kit demo`: the whole journey on real data in one command, sized for a CPU.
+"""`kit demo`: the whole journey on real data in one command, within a wall-clock budget.
 
 import → train U-Net and Mask R-CNN → out-of-fold and test predictions → LightGBM IoU ensemble →
 submission → score, every step an MLflow run, ending with a table of test mAP per model.
 
-Budgets (`budget=1.0`, 2 CPU cores): both base models train folds 0 and 1 of the dataset's 4
-style-stratified folds, so the out-of-fold predictions the ensemble learns from cover half of the
-training images, and test predictions average the two fold models. `budget` scales epochs and samples
-per epoch (e.g. `--budget 8` on a GPU).
+The budget is time (`minutes`, default 45 on 2 CPU cores), as on a Kaggle kernel: after the import, the
+minutes left, less a reserve for prediction, ensemble and scoring, are shared between the base models
+(`DemoStep.share`) and split evenly over each model's folds; every fold trains with
+`training.max_minutes`, so its cosine schedule spans exactly its share on any machine. Both models train
+folds 0 and 1 of the dataset's 4 style-stratified folds: the out-of-fold predictions the ensemble learns
+from cover half of the training images, and test predictions average the two fold models.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,37 +22,41 @@ import pandas as pd
 
 from kit.config import ExperimentConfig, load_experiment
 
-DEMO_FOLDS = (0, 1)
 SUBMISSION_NAME = "demo_ensemble"
+DEFAULT_MINUTES = 45.0
+RESERVE_FRACTION = 0.12  # of the budget, kept for predictions, the ensemble, evaluation and scoring
 
 
 @dataclass(frozen=True)
 class DemoStep:
-    """One base model of the demo: an experiment and the CPU-sized overrides applied to it."""
+    """One base model of the demo: an experiment, its share of the training minutes, its folds and the
+    overrides applied on top (e.g. validation cadence)."""
 
     experiment: str
-    epochs: int
-    samples_per_epoch: int
+    share: float
+    folds: tuple[int, ...] = (0, 1)
     overrides: tuple[str, ...] = ()
 
-    def config(self, data_root: Path, channels: int, budget: float) -> ExperimentConfig:
-        epochs = max(1, math.ceil(self.epochs * budget))
-        samples = max(8, math.ceil(self.samples_per_epoch * budget))
+    def config(self, data_root: Path, channels: int, minutes: float, seed: int) -> ExperimentConfig:
+        """The experiment with `minutes` of training for each of its folds."""
+        per_fold = max(minutes * self.share / len(self.folds), 0.05)
         return load_experiment(
             self.experiment,
             [
                 f"data.root={data_root}",
                 f"data.channels={channels}",
-                f"training.epochs={epochs}",
-                f"data.samples_per_epoch={samples}",
-                f"training.folds=[{','.join(map(str, DEMO_FOLDS))}]",
+                f"training.max_minutes={per_fold:.3f}",
+                "training.epochs=100000",
+                "training.early_stopping_patience=null",
+                f"training.seed={seed}",
+                f"training.folds=[{','.join(map(str, self.folds))}]",
                 *self.overrides,
             ],
         )
 
 
-UNET = DemoStep("unet_effb0", epochs=16, samples_per_epoch=64, overrides=("training.val_every=4",))
-MASKRCNN = DemoStep("maskrcnn_cpu", epochs=8, samples_per_epoch=32, overrides=("training.val_every=4",))
+UNET = DemoStep("unet_lite0", share=0.6, overrides=("training.val_every=20",))
+MASKRCNN = DemoStep("maskrcnn_lite0", share=0.4, overrides=("training.val_every=20",))
 ENSEMBLE_EXPERIMENT = "ensemble"
 
 
@@ -83,14 +88,16 @@ def prepare_data(synthetic: bool, progress: bool = True) -> tuple[Path, int]:
 def run_demo(
     *,
     synthetic: bool = False,
-    budget: float = 1.0,
+    minutes: float = DEFAULT_MINUTES,
+    seed: int = 0,
     steps: Sequence[DemoStep] = (UNET, MASKRCNN),
     announce: Callable[[str], None] = print,
     progress: bool = True,
 ) -> DemoResult:
-    """Run the whole journey (see the module docstring) and return the test-split table.
+    """Run the whole journey (see the module docstring) within `minutes` and return the test-split table.
 
-    `steps` are the base models (default: the CPU-sized U-Net and Mask R-CNN); the ensemble stacks them.
+    `steps` are the base models (default: the CPU recipe's U-Net and Mask R-CNN); the ensemble stacks
+    them. `seed` seeds training and the ensemble (the README reports three seeds).
     """
     from kit.stages.ensemble import ensemble_experiment
     from kit.stages.evaluate import evaluate_experiment
@@ -105,12 +112,13 @@ def run_demo(
     what = "synthetic (40 images)" if synthetic else "mnfinder (49 real fluorescence images)"
     announce(f"{next(stage)}/{n_stages} data: {what}")
     root, channels = prepare_data(synthetic, progress)
-    bases = [step.config(root, channels, budget) for step in steps]
+    train_minutes = minutes * (1 - RESERVE_FRACTION) - (time.perf_counter() - started) / 60
+    bases = [step.config(root, channels, train_minutes, seed) for step in steps]
     runs: dict[str, str] = {}
     for cfg in bases:
         announce(
-            f"{next(stage)}/{n_stages} train {cfg.name}: folds {list(DEMO_FOLDS)}, {cfg.training.epochs} "
-            f"epochs × {cfg.data.samples_per_epoch} crops, then out-of-fold and test predictions"
+            f"{next(stage)}/{n_stages} train {cfg.name}: folds {cfg.training.folds}, "
+            f"{cfg.training.max_minutes:.1f} min each, then out-of-fold and test predictions"
         )
         runs[f"train {cfg.name}"] = train_experiment(cfg, progress=progress, command="demo").parent_run_id
         for kind in ("oof", "test"):
@@ -129,6 +137,7 @@ def run_demo(
             f"data.root={root}",
             f"data.channels={channels}",
             f"ensemble.bases=[{','.join(c.name for c in bases)}]",
+            f"ensemble.seed={seed}",
         ],
     )
     ensemble = ensemble_experiment(ensemble_cfg, kind="test", progress=progress, command="demo")

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from kit import tracking
-from kit.config import EnsembleConfig, ExperimentConfig
+from kit.config import APPLY_KINDS, EnsembleConfig, ExperimentConfig
 from kit.data.dataset import open_dataset
 from kit.ensemble.candidates import Candidates, SourceRun, image_candidates
 from kit.ensemble.estimate import ScoreEstimator, agreement
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 THRESHOLD_GRID: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.05, 0.801, 0.05), 2))
-_APPLY_KINDS = ("test", "input")
 
 
 @dataclass
@@ -97,8 +96,8 @@ def ensemble_experiment(
     """
     ens = _settings(cfg)
     kind = kind or ens.apply_kind
-    if kind not in (*_APPLY_KINDS, "none"):
-        raise ConfigError(f"apply kind must be one of test, input, none; got {kind!r}")
+    if kind not in APPLY_KINDS:
+        raise ConfigError(f"apply kind must be one of {', '.join(APPLY_KINDS)}; got {kind!r}")
     dataset = open_dataset(cfg.data.root)
     oof_sources = [_source(base, "oof", dataset.digest) for base in ens.bases]
     ids = _common_ids(oof_sources, "oof")
@@ -202,6 +201,8 @@ def ensemble_experiment(
             timing[0],
             timing[1],
         )
+        if cfg.tracking.log_model:
+            _log_ensemble_model(run.info.run_id, model, oof_sources)
         if apply_sources:
             applied = _apply(model, apply_sources, ens, estimator, threshold, progress)
             outcome.apply_kind = kind
@@ -210,6 +211,21 @@ def ensemble_experiment(
             )
             mlflow.log_metric(f"{kind}_estimated_map", float(outcome.apply_index["estimated_score"].mean()))
     return outcome
+
+
+def _log_ensemble_model(run_id: str, model: IoUModel, sources: Sequence[SourceRun]) -> str:
+    """Log the ensemble (the models of the train runs behind its sources + the IoU model) as the MLflow
+    Model of ensemble run `run_id`; the model URI."""
+    from kit.ensemble.segmenter import EnsembleSegmenter
+    from kit.stages.model import example_image, log_run_model, model_of_run
+    from kit.tracking.schema import get_run
+
+    bases = []
+    for source in sources:
+        train_id = get_run(source.run_id).data.tags.get(Tag.TRAIN_RUN)
+        bases.append((source.name, model_of_run(get_run(train_id), device="cpu")))
+    ensemble = EnsembleSegmenter(bases, model)
+    return log_run_model(run_id, ensemble, example_image(bases[0][1].in_channels))
 
 
 def _settings(cfg: ExperimentConfig) -> EnsembleConfig:
@@ -476,14 +492,15 @@ def _log_predictions(
         frame["split_level"] = kept["split_level"].to_numpy()
         frame["predicted_iou"] = kept["predicted_iou"].to_numpy()
         instance_rows.append(frame)
-    index = pd.DataFrame(index_rows, columns=[*INDEX_COLUMNS, "estimated_score"])
+    index = pd.DataFrame(index_rows, columns=list(INDEX_COLUMNS))
     instances = (
         pd.concat(instance_rows, ignore_index=True)
         if instance_rows
         else pd.DataFrame(columns=[*INSTANCE_COLUMNS, "source", "split_level", "predicted_iou"])
     )
     run_id = record_predict_run(
-        cfg,
+        cfg.mlflow_experiment,
+        cfg.name,
         kind,
         folder,
         index,
@@ -494,9 +511,12 @@ def _log_predictions(
             Tag.BASE_PREDICT_RUNS: ",".join(f"{s.name}:{s.run_id}" for s in sources),
         },
         params={"kind": kind, "n_sources": len(sources)},
+        config_yaml=cfg.to_yaml(),
         command=command,
         parent_run_id=ensemble_run_id,
         metrics={"estimated_map": float(index["estimated_score"].mean()) if len(index) else 0.0},
-        texts={"bases.json": json.dumps({"base_predict_runs": {s.name: s.run_id for s in sources}}, indent=2)},
+        texts={
+            "bases.json": json.dumps({"base_predict_runs": {s.name: s.run_id for s in sources}}, indent=2)
+        },
     )
     return run_id, index

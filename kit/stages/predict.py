@@ -47,7 +47,7 @@ from kit.inference.artifacts import (
     read_probs,
 )
 from kit.inference.segmenter import Segmenter
-from kit.inference.tta import TTA_MODES
+from kit.inference.tta import check_tta
 from kit.tracking.schema import (
     CONFIG_FILE,
     TUNED_POSTPROCESS_FILE,
@@ -112,8 +112,7 @@ def predict_experiment(
     if len(chosen) > 1:
         raise ConfigError(f"choose one of --split, --oof and --input, got {' and '.join(chosen)}")
     tta = tta or cfg.inference.tta
-    if tta not in TTA_MODES:
-        raise ConfigError(f"unknown TTA mode {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    check_tta(tta)
     experiment = cfg.mlflow_experiment
     train = find_train_run(experiment, train_run_id)
     folds = fold_models(train)
@@ -135,7 +134,9 @@ def predict_experiment(
     tags = {Tag.TRAIN_RUN: train.info.run_id, Tag.FOLD_RUNS: ",".join(f"{f.fold}:{f.run_id}" for f in folds)}
     with tempfile.TemporaryDirectory(prefix=f"kit-predict-{cfg.name}-") as tmp:
         root = Path(tmp)
-        index, instances = _predict_groups(groups, cfg, postprocess, tta, device, root, progress)
+        index, instances = _predict_groups(
+            _fold_groups(groups, cfg, postprocess, tta, device), root, progress
+        )
         tuning = None
         if kind == "oof" and cfg.postprocess.tuned and _semantic(index, root):
             tuning = _tune_on_oof(root, index, dataset, postprocess)
@@ -143,13 +144,15 @@ def predict_experiment(
         params.update({f"postprocess.{k}": v for k, v in postprocess.items()})
         atomic_write_text(root / POSTPROCESS_FILE, json.dumps(postprocess, indent=2))
         run_id = record_predict_run(
-            cfg,
+            experiment,
+            cfg.name,
             kind,
             root,
             index,
             instances,
             tags=tags,
             params=params,
+            config_yaml=cfg.to_yaml(),
             dataset=dataset,
             command=command,
             metrics=tuning["metrics"] if tuning else None,
@@ -159,11 +162,73 @@ def predict_experiment(
             atomic_write_text(root / TUNED_POSTPROCESS_FILE, json.dumps(record, indent=2))
             log_artifact_to(train.info.run_id, root / TUNED_POSTPROCESS_FILE)
             log_artifact_to(run_id, root / TUNED_POSTPROCESS_FILE)
+            if cfg.tracking.log_model:
+                from kit.stages.train import log_train_model
+
+                log_train_model(train.info.run_id)
     return PredictOutcome(run_id, experiment, kind, train.info.run_id, index, instances)
 
 
+def predict_with_model(
+    source: str | Path,
+    *,
+    input_dir: str | Path | None = None,
+    data_root: str | Path | None = None,
+    split: str = "test",
+    experiment: str = "predictions",
+    tta: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    command: str = "predict",
+) -> PredictOutcome:
+    """Predict the images of `input_dir` (or split `split` of the dataset at `data_root`) with the model
+    `source` (anything `kit.load_segmenter` takes: a model URI, a run id, an experiment, a checkpoint),
+    as a predict run of MLflow experiment `experiment` tagged `kit.model_source`."""
+    from kit.stages.model import load_segmenter
+
+    if (input_dir is None) == (data_root is None):
+        raise ConfigError("give one of --input DIR and --data ROOT (with --split) to predict with --model")
+    model = load_segmenter(source, tta=tta, device=device)
+    dataset = None
+    if input_dir is not None:
+        kind, jobs = "input", _input_jobs(Path(input_dir))
+    else:
+        dataset = open_dataset(data_root)
+        kind, jobs = split, _split_jobs(dataset, split)
+    name = (
+        Path(str(source)).name
+        if Path(str(source)).exists()
+        else str(source).replace("/", "_").replace(":", "")
+    )
+    with tempfile.TemporaryDirectory(prefix="kit-predict-model-") as tmp:
+        root = Path(tmp)
+        index, instances = _predict_groups([_Group(lambda: model, "", "", jobs)], root, progress)
+        postprocess = getattr(model, "postprocess", None)
+        if postprocess is not None:
+            atomic_write_text(root / POSTPROCESS_FILE, json.dumps(postprocess, indent=2))
+        run_id = record_predict_run(
+            experiment,
+            name[:60],
+            kind,
+            root,
+            index,
+            instances,
+            tags={Tag.MODEL_SOURCE: str(source)},
+            params={
+                "model": str(source)[:500],
+                "tta": getattr(model, "tta", ""),
+                "input": str(input_dir or ""),
+            },
+            config_yaml=model.config.to_yaml() if hasattr(model, "config") else None,
+            dataset=dataset,
+            command=command,
+        )
+    return PredictOutcome(run_id, experiment, kind, "", index, instances)
+
+
 def record_predict_run(
-    cfg: ExperimentConfig,
+    experiment: str,
+    name: str,
     kind: str,
     folder: Path,
     index: pd.DataFrame,
@@ -172,28 +237,31 @@ def record_predict_run(
     tags: Mapping[str, str],
     params: Mapping[str, Any],
     command: str,
+    config_yaml: str | None = None,
     dataset: NucleiDataset | None = None,
     parent_run_id: str | None = None,
     metrics: Mapping[str, float] | None = None,
     texts: Mapping[str, str] | None = None,
 ) -> str:
-    """Log a predict run of `kind` whose per-image files are already under `folder`: writes its
-    predictions.csv and instances.csv there, logs params, the config, the dataset, every file and the
-    standard metrics; returns the run id. Used by `kit predict` and by the ensemble's predictions."""
+    """Log a predict run of `kind` in MLflow experiment `experiment` whose per-image files are already
+    under `folder`: writes its predictions.csv and instances.csv there, logs params, the config, the
+    dataset, every file and the standard metrics; returns the run id. Used by `kit predict` (with an
+    experiment or a model) and by the ensemble's predictions."""
     import mlflow
 
     atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
     atomic_write_text(folder / INSTANCES_FILE, instances.to_csv(index=False))
     n = len(index)
     with tracking.start_run(
-        cfg.mlflow_experiment,
+        experiment,
         command,
-        run_name=f"{cfg.name}-predict-{kind}",
+        run_name=f"{name}-predict-{kind}",
         tags=role_tags(Role.PREDICT, **{Tag.PREDICT_KIND: kind}, **tags),
         parent_run_id=parent_run_id,
     ) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_text(cfg.to_yaml(), CONFIG_FILE)
+        if config_yaml is not None:
+            mlflow.log_text(config_yaml, CONFIG_FILE)
         for name, text in (texts or {}).items():
             mlflow.log_text(text, name)
         if dataset is not None:
@@ -248,7 +316,9 @@ def _plan(
 def _check_not_trained_on(split: str, train: Any) -> None:
     from kit.config import config_from_dict
 
-    trained = config_from_dict(run_config(train), f"config of train run {train.info.run_id}").data.train_splits
+    trained = config_from_dict(
+        run_config(train), f"config of train run {train.info.run_id}"
+    ).data.train_splits
     if split in trained:
         raise ConfigError(
             f"the fold models of train run {train.info.run_id} trained on split '{split}'; averaging them over "
@@ -295,33 +365,57 @@ def _input_jobs(folder: Path) -> list[_Job]:
     return [_Job(im.id, "", str(im.path), lambda p=im.path: read_image(p)) for im in folder_images(folder)]
 
 
-def _predict_groups(
+@dataclass
+class _Group:
+    """Images predicted by one model: how to build it (once, when the group starts) and how the index
+    names it (fold numbers, fold runs)."""
+
+    make: Callable[[], Any]
+    folds: str
+    model_runs: str
+    jobs: list[_Job]
+
+
+def _fold_groups(
     groups: list[tuple[list[FoldModel], list[_Job]]],
     cfg: ExperimentConfig,
     postprocess: dict,
     tta: str,
     device: str | None,
-    root: Path,
-    progress: bool,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predict every job of every group with a `Segmenter` over its group's fold models; the per-image
-    files go under `root` (written in the background, off the network's path)."""
+) -> list[_Group]:
+    """A `Segmenter` over each group's fold models, built when its turn comes."""
+
+    def make(folds: list[FoldModel]) -> Callable[[], Segmenter]:
+        return lambda: Segmenter(
+            _load_models([f.checkpoint for f in folds], device),
+            cfg,
+            tta=tta,
+            device=device,
+            postprocess=postprocess,
+        )
+
+    return [
+        _Group(make(folds), ";".join(str(f.fold) for f in folds), ";".join(f.run_id for f in folds), jobs)
+        for folds, jobs in groups
+    ]
+
+
+def _predict_groups(groups: list[_Group], root: Path, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Predict every job of every group with its model; the per-image files go under `root` (written in
+    the background, off the network's path)."""
     from tqdm.auto import tqdm
 
     rows, tables = [], []
-    bar = tqdm(total=sum(len(jobs) for _, jobs in groups), desc="predict", unit="image", disable=not progress)
+    bar = tqdm(total=sum(len(g.jobs) for g in groups), desc="predict", unit="image", disable=not progress)
     with ArtifactWriter(root) as writer:
-        for folds, jobs in groups:
-            if not jobs:
+        for group in groups:
+            if not group.jobs:
                 continue
-            segmenter = Segmenter(
-                _load_models([f.checkpoint for f in folds], device), cfg, tta=tta, device=device, postprocess=postprocess
-            )
-            fold_names = ";".join(str(f.fold) for f in folds)
-            for job in jobs:
+            model = group.make()
+            for job in group.jobs:
                 started = time.perf_counter()
                 try:
-                    seg = segmenter.predict(job.load(), details=True)
+                    seg = model.predict(job.load(), details=True)
                 except DataError as exc:
                     raise DataError(f"{job.source}: {exc}") from None
                 labels = seg.labels
@@ -332,16 +426,18 @@ def _predict_groups(
                         "height": labels.shape[0],
                         "width": labels.shape[1],
                         "n_instances": int(labels.max(initial=0)),
-                        "folds": fold_names,
-                        "model_runs": ";".join(f.run_id for f in folds),
-                        "probs": writer.probs(job.image_id, seg.probs, seg.channels),
+                        "folds": group.folds,
+                        "model_runs": group.model_runs,
+                        "probs": writer.probs(job.image_id, seg.probs, seg.channels) if seg.channels else "",
                         "labels": writer.labels(job.image_id, labels),
                         "source": job.source,
                         "seconds": time.perf_counter() - started,
+                        "estimated_score": seg.estimated_score,
                     }
                 )
-                tables.append(_instance_table(job.image_id, fold_names, seg.instances()))
+                tables.append(_instance_table(job.image_id, group.folds, seg.instances()))
                 bar.update(1)
+            del model
     bar.close()
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), _concat(tables)
 
@@ -377,7 +473,13 @@ def _tune_on_oof(root: Path, index: pd.DataFrame, dataset: NucleiDataset, start:
     items = [(probs, channels, np.asarray(dataset.load(i).labels)) for i, (probs, channels) in maps.items()]
     result = tune_postprocess(items, start)
     params = {**start, **result.params}
-    log.info("post-processing tuned on %d OOF images: %.4f -> %.4f %s", len(items), result.start_score, result.score, result.params)
+    log.info(
+        "post-processing tuned on %d OOF images: %.4f -> %.4f %s",
+        len(items),
+        result.start_score,
+        result.score,
+        result.params,
+    )
     tables = []
     with ArtifactWriter(root) as writer:
         for k, row in enumerate(index.itertuples(index=False)):

@@ -102,5 +102,3 @@ def score_submission(
     predicted = read_submission_labels(submission, sizes)
     pairs = ((i, truth_labels[i], predicted[i]) for i in sorted(truth_labels))
     return evaluate(pairs, n_bootstrap=n_bootstrap, progress=len(truth_labels) > 50)
-
-

@@ -293,8 +293,9 @@ def _check_splits(splits: Sequence[str]) -> None:
 def pseudo_labels_of(experiment: str) -> tuple[dict[str, np.ndarray], str]:
     """(image id → label image, description) of the newest predict run of `experiment`, any kind: labels
     to learn styles from where there is no truth."""
+    from kit.config import PREDICT_KINDS
     from kit.stages.predict import load_predicted_labels
-    from kit.tracking.schema import PREDICT_KINDS, find_predict_run
+    from kit.tracking.schema import find_predict_run
 
     run = find_predict_run(experiment, kinds=PREDICT_KINDS)
     return load_predicted_labels(run)[1], f"predict run {run.info.run_id}"

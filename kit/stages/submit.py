@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 
 from kit import tracking
-from kit.config import ExperimentConfig
+from kit.config import SUBMIT_KINDS, ExperimentConfig
 from kit.data.dataset import open_dataset
 from kit.errors import ConfigError, DataError
 from kit.stages.predict import load_predicted_labels
 from kit.tracking.schema import Role, Tag, find_predict_run, role_tags
 
 SUBMISSIONS_DIR = Path("submissions")
-SUBMIT_KINDS = ("test", "input")
 
 
 @dataclass

@@ -112,7 +112,19 @@ def train_experiment(
             mlflow.log_metrics(
                 {"cv_val_map_mean": float(np.mean(maps)), "cv_val_map_std": float(np.std(maps))}
             )
+        if cfg.tracking.log_model:
+            log_train_model(parent.info.run_id)
     return outcome
+
+
+def log_train_model(run_id: str) -> str:
+    """Log train run `run_id`'s fold models (with its tuned post-processing, if any) as its MLflow Model;
+    the model URI. Called when training ends and again when `kit predict --oof` has tuned it."""
+    from kit.stages.model import example_image, log_run_model, model_of_run
+    from kit.tracking.schema import get_run
+
+    model = model_of_run(get_run(run_id), device="cpu")
+    return log_run_model(run_id, model, example_image(model.in_channels))
 
 
 def _resumable_parent(experiment: str) -> tuple[str, ExperimentConfig]:
@@ -128,7 +140,9 @@ def _resumable_parent(experiment: str) -> tuple[str, ExperimentConfig]:
 
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{CONFIG_FILE}")
     cfg = config_from_dict(yaml.safe_load(text), f"{CONFIG_FILE} of run {run.info.run_id}")
-    cfg.training.folds = [int(f) for f in run.data.tags.get(Tag.FOLDS, "").split(",") if f] or cfg.training.folds
+    cfg.training.folds = [
+        int(f) for f in run.data.tags.get(Tag.FOLDS, "").split(",") if f
+    ] or cfg.training.folds
     return run.info.run_id, cfg
 
 
@@ -143,13 +157,18 @@ def _run_fold(
 ) -> FoldOutcome:
     """Train one fold in its child run (continuing an interrupted one, skipping a finished one)."""
     existing = find_role_runs(
-        cfg.mlflow_experiment, Role.TRAIN_FOLD, status=None, **{Tag.PARENT_RUN: parent_id, Tag.FOLD: str(fold)}
+        cfg.mlflow_experiment,
+        Role.TRAIN_FOLD,
+        status=None,
+        **{Tag.PARENT_RUN: parent_id, Tag.FOLD: str(fold)},
     )
     previous = existing[0] if existing else None
     if previous is not None and previous.info.status == "FINISHED":
         best = previous.data.metrics.get("best_val_map", float("nan"))
         log.info("fold %d already finished in run %s", fold, previous.info.run_id)
-        return FoldOutcome(fold, previous.info.run_id, best, int(previous.data.params.get("best_epoch", -1)), -1)
+        return FoldOutcome(
+            fold, previous.info.run_id, best, int(previous.data.params.get("best_epoch", -1)), -1
+        )
     resume_run_id = previous.info.run_id if previous is not None else None
     with tracking.start_run(
         cfg.mlflow_experiment,
@@ -160,7 +179,9 @@ def _run_fold(
         run_id=resume_run_id,
     ) as child:
         logger = _FoldLogger(cfg, dataset, fold, resumed=resume_run_id is not None)
-        result = _train_fold(cfg, dataset, fold, dist, logger=logger, progress=progress, resume_run_id=resume_run_id)
+        result = _train_fold(
+            cfg, dataset, fold, dist, logger=logger, progress=progress, resume_run_id=resume_run_id
+        )
         return FoldOutcome(fold, child.info.run_id, result.best_val_map, result.best_epoch, result.epochs_run)
 
 
@@ -256,7 +277,9 @@ class _FoldLogger:
             {"fold": self.fold, "n_train_images": len(data.train_ids), "n_val_images": len(data.val_ids)}
         )
         for extra in cfg.data.extra:  # before the main dataset, whose digest must stay the run's dataset tag
-            tracking.log_dataset(Path(extra.root) / "manifest.csv", name=Path(extra.root).name, context="training-extra")
+            tracking.log_dataset(
+                Path(extra.root) / "manifest.csv", name=Path(extra.root).name, context="training-extra"
+            )
         tracking.log_dataset(self.dataset.root / "manifest.csv", name=self.dataset.name, context="training")
         mlflow.log_text(cfg.to_yaml(), CONFIG_FILE)
         mlflow.log_text("\n".join(data.val_ids), VAL_IDS_FILE)
@@ -281,7 +304,11 @@ class _FoldLogger:
         from kit.models.checkpoint import load_checkpoint
 
         mlflow.log_params(
-            {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early}
+            {
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early,
+            }
         )
         if result.best_checkpoint is None or not val_images:
             return

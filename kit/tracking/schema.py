@@ -55,6 +55,7 @@ class Tag:
     PREDICT_RUN = "kit.predict_run_id"
     PREDICT_KIND = "kit.predict_kind"
     FOLD_RUNS = "kit.fold_runs"
+    MODEL_SOURCE = "kit.model_source"
     ENSEMBLE_RUN = "kit.ensemble_run_id"
     BASE_EXPERIMENTS = "kit.base_experiments"
     BASE_OOF_RUNS = "kit.base_oof_runs"
@@ -81,7 +82,6 @@ VAL_IDS_FILE = "val_ids.txt"
 TUNED_POSTPROCESS_FILE = "postprocess_tuned.json"
 MODEL_NAME = "model"  # the MLflow Model each train and ensemble run logs
 
-PREDICT_KINDS = ("test", "validation", "oof", "input")
 _PREDICT_HINTS = {
     "oof": "--oof",
     "test": "--split test",
@@ -168,7 +168,9 @@ def find_train_run(experiment: str, run_id: str | None = None) -> Any:
 def fold_runs(parent: Any, *, status: str | None = "FINISHED") -> list[Any]:
     """The fold child runs of train run `parent` (any status when `status` is None), newest first."""
     return store.find_runs_in(
-        parent.info.experiment_id, tags=role_tags(Role.TRAIN_FOLD, **{Tag.PARENT_RUN: parent.info.run_id}), status=status
+        parent.info.experiment_id,
+        tags=role_tags(Role.TRAIN_FOLD, **{Tag.PARENT_RUN: parent.info.run_id}),
+        status=status,
     )
 
 

@@ -245,11 +245,15 @@ def find_runs_in(
     clauses = [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
     if status:
         clauses.append(f"attributes.status = '{status}'")
-    return configure().MlflowClient().search_runs(
-        ids,
-        filter_string=" and ".join(clauses),
-        order_by=["attributes.start_time DESC"],
-        max_results=max_results,
+    return (
+        configure()
+        .MlflowClient()
+        .search_runs(
+            ids,
+            filter_string=" and ".join(clauses),
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
     )
 
 

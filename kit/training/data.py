@@ -242,7 +242,12 @@ def fold_data(cfg: ExperimentConfig, dataset: NucleiDataset, fold: int) -> FoldD
         else None
     )
     crops: CropDataset | MixedCrops = CropDataset(
-        dataset, size, ids=train_ids, channels=channels, samples_per_epoch=cfg.data.samples_per_epoch, seed=seed * 7919 + fold
+        dataset,
+        size,
+        ids=train_ids,
+        channels=channels,
+        samples_per_epoch=cfg.data.samples_per_epoch,
+        seed=seed * 7919 + fold,
     )
     if cfg.data.extra:
         extra = extra_crop_sources(

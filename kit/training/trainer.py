@@ -67,7 +67,11 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     from kit.models.registry import model_arguments
     from kit.targets import target_channels
 
-    kwargs = {"encoder": cfg.model.encoder, "in_channels": cfg.data.channels, "pretrained": cfg.model.pretrained}
+    kwargs = {
+        "encoder": cfg.model.encoder,
+        "in_channels": cfg.data.channels,
+        "pretrained": cfg.model.pretrained,
+    }
     if "channels" in model_arguments(cfg.model.name):
         kwargs["channels"] = target_channels(cfg.targets.include_mask)
     return create_model(cfg.model.name, **kwargs, **cfg.model.params)
