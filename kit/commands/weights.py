@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kit.commands._common import console, print_frame
+from kit.commands._common import console
 
 app = typer.Typer(
     help="Pretrained encoder weights in a plain folder ($KIT_WEIGHTS_DIR, default ~/.cache/kit/weights): "
@@ -46,8 +46,6 @@ def import_command(
 @app.command("list")
 def list_command(folder: FolderOption = None) -> None:
     """Show what a weights folder holds: encoder, source, parameters, size, sha256."""
-    import pandas as pd
-
     from kit.models.weights_folder import list_weights, weights_dir
 
     records = list_weights(folder)
@@ -57,8 +55,11 @@ def list_command(folder: FolderOption = None) -> None:
             f"{where} holds no weights; `kit weights import efficientnet-lite0` or `kit weights fetch NAME`"
         )
         return
-    frame = pd.DataFrame(records)
-    frame["sha256"] = frame["sha256"].str[:12]
-    print_frame(
-        frame[["name", "source", "parameters", "size_mb", "sha256"]], title=str(where), float_format="{:.1f}"
-    )
+    console.print(f"{where}:")
+    for r in records:
+        console.print(
+            f"  {r['name']}  {r['size_mb']:.1f} MB  {r.get('parameters', '?')} parameters  from {r['source']}  "
+            f"sha256 {str(r.get('sha256', '?'))[:12]}",
+            soft_wrap=True,
+            highlight=False,
+        )

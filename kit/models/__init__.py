@@ -7,6 +7,18 @@ from kit.models import maskrcnn, unet  # noqa: F401  (register maskrcnn; unet, f
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
 from kit.models.registry import TASKS, create_model, list_models, model_task, register_model, task_of
 
+
+def weights_source(name: str, encoder: str, pretrained: bool | str):
+    """Where model `name`'s encoder weights would come from (`kit.models.weights_folder.WeightsSource`),
+    decided without building the model: a missing file or an unreachable hub fails here, in seconds."""
+    from kit.models.unet import timm_name
+    from kit.models.weights_folder import TORCHVISION_RESNET50, resolve_pretrained
+
+    if name == "maskrcnn" and encoder == maskrcnn.TORCHVISION_ENCODER:
+        return resolve_pretrained(TORCHVISION_RESNET50, pretrained, hub="torchvision")
+    return resolve_pretrained(timm_name(encoder), pretrained)
+
+
 __all__ = [
     "TASKS",
     "create_model",
@@ -16,4 +28,5 @@ __all__ = [
     "register_model",
     "save_checkpoint",
     "task_of",
+    "weights_source",
 ]

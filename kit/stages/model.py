@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,20 +164,23 @@ def log_run_model(run_id: str, model: Any, input_example: np.ndarray) -> str:
         folder = model.save(Path(tmp) / KIT_MODEL_ARTIFACT)
         active = mlflow.active_run()
         resume = active is None or active.info.run_id != run_id
-        run = mlflow.start_run(run_id=run_id, nested=active is not None) if resume else active
+        if resume:
+            mlflow.start_run(run_id=run_id, nested=active is not None)
         try:
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=KitPyfuncModel(),
-                artifacts={KIT_MODEL_ARTIFACT: str(folder)},
-                signature=signature(),
-                input_example=input_example,
-                pip_requirements=_requirements(),
-            )
+            with warnings.catch_warnings():
+                # MLflow asks for type hints on predict; kit's input (any image, or a batch) has none to give.
+                warnings.filterwarnings("ignore", message=".*type hints.*")
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_NAME,
+                    python_model=KitPyfuncModel(),
+                    artifacts={KIT_MODEL_ARTIFACT: str(folder)},
+                    signature=signature(),
+                    input_example=input_example,
+                    pip_requirements=_requirements(),
+                )
         finally:
             if resume:
                 mlflow.end_run()
-    del run
     return info.model_uri
 
 

@@ -5,6 +5,7 @@ Loaded by `mlflow.pyfunc.load_model`, this imports kit's inference code only (no
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow.pyfunc
@@ -36,25 +37,30 @@ def split_batch(model_input: Any) -> tuple[list[np.ndarray], bool]:
     raise ValueError(f"expected an image (H×W or H×W×C) or a batch of them, got shape {x.shape}")
 
 
-class KitPyfuncModel(mlflow.pyfunc.PythonModel):
-    """A kit model folder (artifact `kit_model`) as a pyfunc model."""
+# MLflow warns at class creation that predict has no type hints: kit's input (an image of any dtype and
+# layout, or a batch) has none to offer, and the signature below documents it instead.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
-    def load_context(self, context: Any) -> None:
-        from pathlib import Path
+    class KitPyfuncModel(mlflow.pyfunc.PythonModel):
+        """A kit model folder (artifact `kit_model`) as a pyfunc model."""
 
-        from kit.stages.model import KIT_MODEL_ARTIFACT, load_model_folder
+        def load_context(self, context: Any) -> None:
+            from pathlib import Path
 
-        self.model = load_model_folder(Path(context.artifacts[KIT_MODEL_ARTIFACT]))
+            from kit.stages.model import KIT_MODEL_ARTIFACT, load_model_folder
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        """Label image (int32 H×W) of one image; for a batch a stacked (N, H, W) array when the sizes
-        agree, else a 1-D object array of label images."""
-        images, batch = split_batch(model_input)
-        labels = [self.model.predict(image) for image in images]
-        if not batch:
-            return labels[0]
-        if len({lab.shape for lab in labels}) == 1:
-            return np.stack(labels)
-        out = np.empty(len(labels), dtype=object)
-        out[:] = labels
-        return out
+            self.model = load_model_folder(Path(context.artifacts[KIT_MODEL_ARTIFACT]))
+
+        def predict(self, context, model_input, params=None):
+            """Label image (int32 H×W) of one image; for a batch a stacked (N, H, W) array when the sizes
+            agree, else a 1-D object array of label images."""
+            images, batch = split_batch(model_input)
+            labels = [self.model.predict(image) for image in images]
+            if not batch:
+                return labels[0]
+            if len({lab.shape for lab in labels}) == 1:
+                return np.stack(labels)
+            out = np.empty(len(labels), dtype=object)
+            out[:] = labels
+            return out

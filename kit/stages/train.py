@@ -89,6 +89,9 @@ def train_experiment(
         parent_id, cfg = _resumable_parent(experiment) if dist.is_main else (None, cfg)
         parent_id, cfg_dict = dist.broadcast_object((parent_id, cfg.to_dict()))
         cfg = config_from_dict(cfg_dict, "resumed run's config")
+    from kit.models import weights_source
+
+    weights_source(cfg.model.name, cfg.model.encoder, cfg.model.pretrained)  # fail fast, before any data
     dataset = open_dataset(cfg.data.root)
     fold_list = resolve_folds(dataset, folds, cfg)
     if not dist.is_main:
