@@ -1,4 +1,5 @@
-"""Test setup: offline hubs, headless plots, a private MLflow store per test session."""
+"""Test setup: offline hubs, headless plots, a private MLflow store per test session, one trained tiny
+U-Net per test session."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def _one_torch_thread():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_artifact_locations():
+    """Each test finds its runs' artifacts in its own project (see helpers.forget_artifact_locations)."""
+    from helpers import forget_artifact_locations
+
+    forget_artifact_locations()
+
+
 @pytest.fixture(scope="module")
 def synthetic_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny synthetic dataset (8 train images in 2 folds, 4 test), written once per module; copy it
@@ -51,3 +60,42 @@ def project(project_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     from helpers import empty_mlflow_store, seed_mlflow_store
 
     return seed_mlflow_store(project_dir, empty_mlflow_store(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory):
+    """unet_tiny trained once per test session (2 folds × 2 epochs × 2 steps on the tiny synthetic set)
+    in its own project folder: a `helpers.TrainedProject` (root, config, outcome).
+
+    Read only: a test that adds runs or files works on a copy (`trained_copy`, or `helpers.copy_trained`
+    for a module-scoped one). Checked when the session ends."""
+    from helpers import empty_mlflow_store, project_fingerprint, train_tiny_project, write_tiny_synthetic
+
+    dataset = write_tiny_synthetic(tmp_path_factory.mktemp("session-src") / "synthetic")
+    trained = train_tiny_project(
+        tmp_path_factory.mktemp("session-trained"), dataset, empty_mlflow_store(tmp_path_factory)
+    )
+    before = project_fingerprint(trained.root)
+    yield trained
+    assert project_fingerprint(trained.root) == before, (
+        f"a test wrote to the session's trained project {trained.root}; give it a copy (trained_copy)"
+    )
+
+
+@pytest.fixture
+def in_trained_project(trained_project, monkeypatch: pytest.MonkeyPatch):
+    """Work inside the session's trained project (its MLflow store) for one test, reading only."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(trained_project.root)
+    return trained_project
+
+
+@pytest.fixture
+def trained_copy(trained_project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A private copy of the session's trained project as the working directory, to add runs to."""
+    from helpers import copy_trained
+
+    copy = copy_trained(trained_project, tmp_path / "trained")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy.root)
+    return copy

@@ -1,12 +1,17 @@
-"""Small shared test helpers: a tiny synthetic dataset, fast training overrides, a project folder."""
+"""Small shared test helpers: a tiny synthetic dataset, fast training overrides, a project folder, the
+session's trained tiny U-Net and copies of its project."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import shutil
+import sqlite3
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,4 +91,90 @@ def inside_project(path: Path) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(path)
-        yield path
+        forget_artifact_locations()
+        try:
+            yield path
+        finally:
+            forget_artifact_locations()
+
+
+# --------------------------------------------------------------------------------------------------
+# the session model: unet_tiny trained once per test session (conftest's `trained_project`)
+
+
+@dataclass(frozen=True)
+class TrainedProject:
+    """A project folder (experiments/, data/synthetic, mlruns/ with its SQLite store and artifacts) holding
+    one finished 2-fold × 2-epoch unet_tiny train run (FAST_OVERRIDES): `config` and `outcome` of it."""
+
+    root: Path
+    config: Any  # kit.config.ExperimentConfig
+    outcome: Any  # kit.stages.train.TrainOutcome
+
+
+def train_tiny_project(root: Path, dataset: Path, store: Path) -> TrainedProject:
+    """Train unet_tiny (FAST_OVERRIDES, folds 0 and 1) on a copy of `dataset` in project folder `root`,
+    whose MLflow store starts as a copy of the empty `store`."""
+    from kit.config import load_experiment
+    from kit.stages.train import train_experiment
+
+    seed_mlflow_store(root, store)
+    install_dataset(dataset, root)
+    with inside_project(root), one_torch_thread():
+        cfg = load_experiment("unet_tiny", FAST_OVERRIDES)
+        outcome = train_experiment(cfg, folds=[0, 1], progress=False)
+    return TrainedProject(root, cfg, outcome)
+
+
+def copy_project(source: Path, target: Path) -> Path:
+    """Copy the project folder `source` (data, experiments, MLflow store with its artifacts) to `target`,
+    a path that does not exist yet, for a test that adds runs or files to it.
+
+    MLflow keeps absolute artifact locations in the SQLite store; they are rewritten to point into the
+    copy, so that the copy's runs read, and new runs write, `target`'s artifacts only."""
+    source, target = Path(source).resolve(), Path(target).resolve()
+    shutil.copytree(source, target)
+    relocate_store(target / "mlruns" / "mlflow.db", source, target)
+    forget_artifact_locations()
+    return target
+
+
+def forget_artifact_locations() -> None:
+    """Empty MLflow's process-wide cache of artifact locations by run id. A copied project has the same
+    run ids as its original, so without this the copy's new artifacts for an old run (e.g. the tuned
+    post-processing that predict --oof adds to a train run) would land in whichever project that run was
+    first seen in. conftest does this before every test; `inside_project` on entry and exit."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")  # not imported: nothing cached
+    if utils is not None:
+        utils._artifact_repos_cache.clear()
+
+
+def relocate_store(db: Path, old: Path, new: Path) -> int:
+    """Replace the folder `old` by `new` in every text value of the SQLite store `db` (artifact
+    locations of experiments, runs and logged models; anything else that names it). Returns the number
+    of values changed."""
+    before, after = f"{old}/", f"{new}/"
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in conn.execute(f'PRAGMA table_info("{table}")'):
+                if not any(t in kind.upper() for t in ("CHAR", "TEXT", "CLOB")):
+                    continue
+                changed += conn.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                    (before, after, before),
+                ).rowcount
+    return changed
+
+
+def copy_trained(trained: TrainedProject, target: Path) -> TrainedProject:
+    """`trained` copied to `target` (see `copy_project`): same runs, same run ids, its own store."""
+    return TrainedProject(copy_project(trained.root, target), trained.config, trained.outcome)
+
+
+def project_fingerprint(root: Path) -> tuple[str, tuple[str, ...]]:
+    """The SHA-256 of the project's MLflow store and the list of all its files: unchanged as long as
+    nothing writes to the project."""
+    files = tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()))
+    return sha256(root / "mlruns" / "mlflow.db"), files

@@ -7,14 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import (
-    empty_mlflow_store,
-    inside_project,
-    install_dataset,
-    one_torch_thread,
-    seed_mlflow_store,
-    write_tiny_synthetic,
-)
+from helpers import copy_project, inside_project, one_torch_thread
 from scipy import ndimage as ndi
 from skimage import draw
 from skimage.segmentation import find_boundaries
@@ -285,7 +278,7 @@ def test_model_save_and_load_give_the_same_predictions(tmp_path) -> None:
 TRAIN_OVERRIDES = ["training.epochs=1", "training.max_steps_per_epoch=2"]
 PREDICT_OVERRIDES = ["postprocess.seed_threshold=0.2", "postprocess.min_size=4"]
 ENSEMBLE_OVERRIDES = [
-    "ensemble.bases=[tiny_a,tiny_b]",
+    "ensemble.bases=[unet_tiny,tiny_b]",
     "ensemble.split_thresholds=[0.3,0.4]",
     "ensemble.n_bags=2",
     "ensemble.lightgbm.num_boost_round=20",
@@ -295,22 +288,21 @@ ENSEMBLE_OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def ensembled(tmp_path_factory):
-    """Two unet_tiny experiments (seeds 0 and 1) trained, predicted out of fold and on the test split,
-    then `kit ensemble`: (project folder, CLI output)."""
+def ensembled(trained_project, tmp_path_factory):
+    """Two tiny U-Nets, the session's unet_tiny (seed 0) and tiny_b (seed 1, trained here), predicted out
+    of fold and on the test split, then `kit ensemble`, in a copy of the session's project:
+    (project folder, CLI output)."""
     from kit.cli import app
     from kit.config import load_experiment
     from kit.stages.predict import predict_experiment
     from kit.stages.train import train_experiment
 
-    root = seed_mlflow_store(tmp_path_factory.mktemp("ensemble"), empty_mlflow_store(tmp_path_factory))
-    install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)
+    root = copy_project(trained_project.root, tmp_path_factory.mktemp("ensemble") / "project")
     with inside_project(root), one_torch_thread():
-        for name, seed in (("tiny_a", 0), ("tiny_b", 1)):
-            train_experiment(
-                load_experiment("unet_tiny", [*TRAIN_OVERRIDES, f"name={name}", f"training.seed={seed}"]),
-                progress=False,
-            )
+        train_experiment(
+            load_experiment("unet_tiny", [*TRAIN_OVERRIDES, "name=tiny_b", "training.seed=1"]), progress=False
+        )
+        for name in ("unet_tiny", "tiny_b"):
             cfg = load_experiment("unet_tiny", [*PREDICT_OVERRIDES, f"name={name}"])
             predict_experiment(cfg, oof=True, progress=False)
             predict_experiment(cfg, split="test", progress=False)
@@ -320,6 +312,7 @@ def ensembled(tmp_path_factory):
     return root, result.output
 
 
+@pytest.mark.slow
 def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     from kit import tracking
     from kit.cli import app
@@ -332,16 +325,18 @@ def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     root, output = ensembled
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(root)
-    assert "tiny_a" in output and "threshold" in output
+    assert "unet_tiny" in output and "tiny_b" in output and "threshold" in output
 
     # The ensemble run: linked to both bases' OOF and test predict runs, with model, plots and metrics.
     (run,) = tracking.find_runs("ensemble", tags={"kit.role": "ensemble"})
     tags = run.data.tags
-    oof_a, oof_b = (find_predict_run(b, "oof") for b in ("tiny_a", "tiny_b"))
-    assert tags["kit.base_oof_runs"] == f"tiny_a:{oof_a.info.run_id},tiny_b:{oof_b.info.run_id}"
+    oof_a, oof_b = (find_predict_run(b, "oof") for b in ("unet_tiny", "tiny_b"))
+    assert tags["kit.base_oof_runs"] == f"unet_tiny:{oof_a.info.run_id},tiny_b:{oof_b.info.run_id}"
     assert find_predict_run("tiny_b", "test").info.run_id in tags["kit.base_apply_runs"]
     metrics = run.data.metrics
-    assert {"oof_map", "oof_estimated_map", "oof_map_tiny_a", "oof_map_tiny_b", "threshold"} <= set(metrics)
+    assert {"oof_map", "oof_estimated_map", "oof_map_unet_tiny", "oof_map_tiny_b", "threshold"} <= set(
+        metrics
+    )
     files = {p.relative_to(root).name for p in (run_folder(run)).rglob("*") if p.is_file()}
     assert {
         "model.json",
@@ -368,6 +363,7 @@ def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     assert (root / "submissions" / "ens.csv").is_file() and len(labels) == 4
 
 
+@pytest.mark.slow
 def test_kit_ensemble_without_bases_or_oof_runs_is_one_line_error(ensembled, monkeypatch) -> None:
     from kit.cli import app
 
@@ -382,7 +378,7 @@ def test_kit_ensemble_without_bases_or_oof_runs_is_one_line_error(ensembled, mon
             "--exp",
             "ensemble",
             "--set",
-            "ensemble.bases=[tiny_a,nope]",
+            "ensemble.bases=[unet_tiny,nope]",
             "--set",
             "data.root=data/synthetic",
         ],

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, inside_project, install_dataset, write_tiny_synthetic
+from helpers import REPO_ROOT, copy_project, inside_project
 from typer.testing import CliRunner
 
 from kit import tracking
@@ -21,21 +21,18 @@ from kit.stages.submit import submit_experiment
 from kit.submission import check_submission, read_submission_labels
 from kit.tracking.schema import get_run
 
-TRAIN_OVERRIDES = ["training.epochs=1", "training.max_steps_per_epoch=2"]
 # Low thresholds so that the barely trained models still produce instances to score and encode.
 PREDICT_OVERRIDES = ["postprocess.seed_threshold=0.2", "postprocess.min_size=4"]
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory):
-    """A trained unet_tiny project with an out-of-fold and a test predict run: (folder, oof, test)."""
+def predicted(trained_project, tmp_path_factory):
+    """A copy of the session's trained unet_tiny project with an out-of-fold and a test predict run:
+    (folder, oof, test)."""
     from kit.stages.predict import predict_experiment
-    from kit.stages.train import train_experiment
 
-    root = tmp_path_factory.mktemp("evaluate")
-    install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)
+    root = copy_project(trained_project.root, tmp_path_factory.mktemp("evaluate") / "project")
     with inside_project(root):
-        train_experiment(load_experiment("unet_tiny", TRAIN_OVERRIDES), folds=[0, 1], progress=False)
         cfg = load_experiment("unet_tiny", PREDICT_OVERRIDES)
         oof = predict_experiment(cfg, oof=True, progress=False)
         test = predict_experiment(cfg, split="test", progress=False)
@@ -142,10 +139,10 @@ CLI_ERRORS = (
 )
 
 
-def test_cli_errors_are_one_line(project_dir) -> None:
+def test_cli_errors_are_one_line(project) -> None:
     from kit.cli import app
 
-    for args, message in CLI_ERRORS:  # one project (one MLflow store) for all: creating a store takes seconds
+    for args, message in CLI_ERRORS:  # one project (an empty MLflow store) for all
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1, args
         assert message in result.output, result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import inside_project, install_dataset, write_tiny_synthetic
+from helpers import copy_trained
 from typer.testing import CliRunner
 
 from kit import tracking
@@ -19,21 +19,12 @@ from kit.inference.artifacts import read_index, read_labels, read_probs
 from kit.stages.predict import load_predicted_labels, predict_experiment
 from kit.tracking.schema import find_predict_run, get_run, run_folder
 
-TRAIN_OVERRIDES = ["training.epochs=1", "training.max_steps_per_epoch=2"]
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished 2-fold unet_tiny train run (1 epoch × 2 steps) in its own project: (folder, outcome)."""
-    from kit.stages.train import train_experiment
-
-    root = tmp_path_factory.mktemp("predict")
-    install_dataset(write_tiny_synthetic(tmp_path_factory.mktemp("src") / "synthetic"), root)
-    with inside_project(root):
-        outcome = train_experiment(
-            load_experiment("unet_tiny", TRAIN_OVERRIDES), folds=[0, 1], progress=False
-        )
-    return root, outcome
+def trained(trained_project, tmp_path_factory):
+    """A copy of the session's trained unet_tiny project, for this module's predict runs: (folder, outcome)."""
+    copy = copy_trained(trained_project, tmp_path_factory.mktemp("predict") / "project")
+    return copy.root, copy.outcome
 
 
 @pytest.fixture

@@ -12,15 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    FAST_OVERRIDES,
-    REPO_ROOT,
-    empty_mlflow_store,
-    inside_project,
-    install_dataset,
-    seed_mlflow_store,
-    sha256,
-)
+from helpers import FAST_OVERRIDES, REPO_ROOT, install_dataset, sha256
 
 from kit import tracking
 from kit.config import load_experiment
@@ -34,26 +26,10 @@ from kit.training.optim import lr_factor
 METRICS = ("train_loss", "val_loss", "val_map", "lr", "epoch_time")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, synthetic_src):
-    """A finished 2-fold × 2-epoch unet_tiny run in its own project folder: (folder, config, outcome)."""
-    from kit.stages.train import train_experiment
-
-    root = seed_mlflow_store(tmp_path_factory.mktemp("trained"), empty_mlflow_store(tmp_path_factory))
-    install_dataset(synthetic_src, root)
-    with inside_project(root):
-        cfg = load_experiment("unet_tiny", FAST_OVERRIDES)
-        outcome = train_experiment(cfg, folds=[0, 1], progress=False)
-    return root, cfg, outcome
-
-
 @pytest.fixture
-def in_trained(trained, monkeypatch):
-    """Work inside the trained project (its MLflow store) for one test."""
-    root = trained[0]
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(root)
-    return trained
+def in_trained(in_trained_project):
+    """Work inside the session's trained project (conftest): (folder, config, outcome); read only."""
+    return in_trained_project.root, in_trained_project.config, in_trained_project.outcome
 
 
 def _client():
