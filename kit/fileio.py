@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,33 +64,133 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+MAX_IMAGE_PIXELS = 1 << 28
+"""Images declaring more pixels than this (16384², 256 MiB per 8-bit channel) are refused before they are
+decoded, unless `$KIT_MAX_IMAGE_PIXELS` allows more: a corrupt or hostile header must not exhaust memory."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: `$KIT_MAX_IMAGE_PIXELS` or `MAX_IMAGE_PIXELS`."""
+    value = os.environ.get("KIT_MAX_IMAGE_PIXELS", "")
+    return int(value) if value.strip().isdigit() else MAX_IMAGE_PIXELS
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """Decode PNG/TIFF/JPEG bytes into an array, keeping bit depth and channels (RGB order).
 
-    Raises `DataError` naming `name` when the bytes are not a readable image.
+    Raises `DataError` naming `name` for an empty file, bytes that are not a readable image, a header
+    declaring more than `max_image_pixels()` pixels (checked before decoding), a multi-page TIFF, an
+    array that is not H×W or H×W×C (C ≤ 4), and NaN or infinite values.
     """
-    import cv2
-
-    buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if not data:
+        raise DataError(f"{name}: empty file (0 bytes); expected a PNG, TIFF or JPEG image")
+    _check_declared_size(data, name)
+    img = _imdecode(data, name)
     if img is None:
-        # cv2 cannot read some TIFF flavours (multi-page, float); scikit-image's tifffile can.
-        if name.lower().endswith((".tif", ".tiff")):
-            import io
-
+        # cv2 cannot read some TIFF flavours (float, 32-bit); tifffile can.
+        if data.startswith(_TIFF_SIGNATURES):
             import tifffile
 
             try:
-                img = tifffile.imread(io.BytesIO(data))
+                img = np.asarray(tifffile.imread(io.BytesIO(data)))
             except Exception as exc:  # any failure means unreadable
-                raise DataError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-            return np.asarray(img)
-        raise DataError(f"{name}: not a readable image (corrupt or unsupported format)")
-    if img.ndim == 3 and img.shape[2] == 3:
+                reason = str(exc).splitlines()[0] if str(exc) else ""
+                raise DataError(
+                    f"{name}: not a readable image ({exc.__class__.__name__}: {reason})"
+                ) from None
+        else:
+            raise DataError(f"{name}: not a readable image (corrupt or unsupported format)")
+    elif img.ndim == 3 and img.shape[2] == 3:
         img = img[:, :, ::-1]
     elif img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, [2, 1, 0, 3]]
-    return np.ascontiguousarray(img)
+    return _checked_array(np.ascontiguousarray(img), name)
+
+
+def _imdecode(data: bytes, name: str) -> np.ndarray | None:
+    """cv2.imdecode, with libpng's and OpenCV's own messages about a corrupt file kept off the terminal
+    (kit reports the problem itself, on one line)."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        with _native_stderr_silenced():
+            return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise DataError(f"{name}: not a readable image (OpenCV: {reason})") from None
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null while C code runs (libpng prints errors there itself)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _check_declared_size(data: bytes, name: str) -> None:
+    """Refuse a PNG or TIFF whose header declares too many pixels, or a TIFF of several pages."""
+    size = None
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        size = (height, width)
+    elif data.startswith(_TIFF_SIGNATURES):
+        size = _tiff_size(data, name)
+    if size is None:
+        return
+    height, width = size
+    limit = max_image_pixels()
+    if height * width > limit:
+        raise DataError(
+            f"{name}: the header declares {width}×{height} pixels ({height * width / 1e6:.0f} megapixels), "
+            f"over kit's limit of {limit / 1e6:.0f} (a corrupt file or a decompression bomb?); "
+            "set KIT_MAX_IMAGE_PIXELS to allow larger images"
+        )
+
+
+def _tiff_size(data: bytes, name: str) -> tuple[int, int] | None:
+    """(height, width) of a TIFF's only page from its header, or None when tifffile cannot parse it."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            n_pages = len(tif.pages)
+            page = tif.pages[0]
+            shape = (int(page.imagelength), int(page.imagewidth))
+    except Exception:  # an unparsable header: the decoders report it
+        return None
+    if n_pages > 1:
+        raise DataError(
+            f"{name}: a TIFF of {n_pages} pages (a stack or time series?); kit reads one 2-D image per "
+            "file: save each page as its own file"
+        )
+    return shape
+
+
+def _checked_array(img: np.ndarray, name: str) -> np.ndarray:
+    """`img` if it is an H×W or H×W×C (C ≤ 4) image of finite numbers, else DataError naming `name`."""
+    if img.ndim not in (2, 3) or (img.ndim == 3 and not 1 <= img.shape[2] <= 4) or img.size == 0:
+        raise DataError(f"{name}: expected an H×W or H×W×C image (C ≤ 4), got an array of shape {img.shape}")
+    if img.dtype.kind == "f" and not np.isfinite(img).all():
+        bad = int((~np.isfinite(img)).sum())
+        raise DataError(f"{name}: {bad} pixel value(s) are NaN or infinite")
+    if img.dtype.kind not in "uif" and img.dtype != np.bool_:
+        raise DataError(f"{name}: unsupported pixel type {img.dtype}")
+    return img
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

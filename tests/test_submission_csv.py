@@ -339,7 +339,7 @@ def test_check_submission_lists_first_ten_problems(tmp_path):
 
 def test_check_submission_single_problem_and_clean(tmp_path):
     path = write_csv(tmp_path, HEADER + "a,1 1\n")
-    with pytest.raises(DataError, match=r"1 problem; first:\n  ImageId b: image missing"):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: ImageId b: image missing"):
         check_submission(path, SIZES)
     assert check_submission(path, expected_ids=["a"])["EncodedPixels"].tolist() == ["1 1"]
 

@@ -9,7 +9,10 @@ Images are stored as they come except for two normalisations, noted per image in
 ``note`` and summarised in dataset.json: an alpha channel is dropped (``alpha-dropped``, or
 ``alpha-dropped-not-opaque`` when it was not fully opaque), and grey images stored as RGB keep their
 three equal channels (``grey-as-rgb``) so that colour and grey images share one 3-channel model input
-(`kit.data.normalize.normalize_image`). 16-bit images stay 16-bit.
+(`kit.data.normalize.normalize_image`). 16-bit images stay 16-bit; float, signed and 32-bit images, which
+PNG cannot hold, are stretched from their own range onto 16 bits (``scaled-to-uint16 from <type> [min,
+max]``). Unreadable, oversized, multi-page or NaN-holding files are errors naming the file
+(`kit.fileio.decode_image`).
 """
 
 from __future__ import annotations
@@ -137,7 +140,19 @@ def normalise_dsb_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
         image = image[:, :, 0] if image.shape[2] == 2 else image[:, :, :3]
     if image.ndim == 3 and image.shape[2] == 3 and (image == image[:, :, :1]).all():
         notes.append("grey-as-rgb")
+    if image.dtype not in (np.uint8, np.uint16):
+        image, note = _to_uint16(image)
+        notes.append(note)
     return np.ascontiguousarray(image), notes
+
+
+def _to_uint16(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """A float, signed or 32-bit image (PNG holds none of them) stretched linearly from its own
+    [min, max] onto 0..65535; returns (image, note naming the original type and range)."""
+    low, high = float(image.min()), float(image.max())
+    scale = 65535.0 / (high - low) if high > low else 0.0
+    out = np.rint((image.astype(np.float64) - low) * scale).astype(np.uint16)
+    return out, f"scaled-to-uint16 from {image.dtype} [{low:.6g}, {high:.6g}]"
 
 
 def _checked_labels(labels: np.ndarray, shape: tuple[int, int], image_id: str) -> np.ndarray:

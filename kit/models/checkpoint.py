@@ -72,7 +72,8 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise KitError(f"cannot read checkpoint {path}: {e}") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise KitError(f"cannot read checkpoint {path}: not a kit checkpoint ({reason})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise KitError(f"{path} is not a kit checkpoint (expected format {FORMAT!r})")
     model = create_model(payload["model_name"], **payload["model_kwargs"])

@@ -407,7 +407,7 @@ def _predict_groups(groups: list[_Group], root: Path, progress: bool) -> tuple[p
 
     rows, tables = [], []
     bar = tqdm(total=sum(len(g.jobs) for g in groups), desc="predict", unit="image", disable=not progress)
-    with ArtifactWriter(root) as writer:
+    with bar, ArtifactWriter(root) as writer:  # the bar ends its line even when an image fails
         for group in groups:
             if not group.jobs:
                 continue
@@ -417,7 +417,8 @@ def _predict_groups(groups: list[_Group], root: Path, progress: bool) -> tuple[p
                 try:
                     seg = model.predict(job.load(), details=True)
                 except DataError as exc:
-                    raise DataError(f"{job.source}: {exc}") from None
+                    named = job.source in str(exc)  # a reader's error names the file already
+                    raise DataError(str(exc) if named else f"{job.source}: {exc}") from None
                 labels = seg.labels
                 rows.append(
                     {
@@ -438,7 +439,6 @@ def _predict_groups(groups: list[_Group], root: Path, progress: bool) -> tuple[p
                 tables.append(_instance_table(job.image_id, group.folds, seg.instances()))
                 bar.update(1)
             del model
-    bar.close()
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), _concat(tables)
 
 

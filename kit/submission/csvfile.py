@@ -367,10 +367,11 @@ def validate_submission(
 
 
 def _problems_error(path: str | os.PathLike, problems: list[SubmissionProblem]) -> DataError:
-    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    if len(problems) == 1:
+        return DataError(f"{path}: {problems[0]}")
     shown = "\n".join(f"  {p}" for p in problems[:_MAX_LISTED])
     more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    return DataError(f"{path}: {count}; first:\n{shown}{more}")
+    return DataError(f"{path}: {len(problems)} problems; first:\n{shown}{more}")
 
 
 def check_submission(
@@ -380,7 +381,8 @@ def check_submission(
 ) -> pd.DataFrame:
     """Read and validate a submission; return its `read_rle_csv` frame, else raise `DataError`.
 
-    The error says ``"{path}: N problems; first:"`` followed by up to 10 problems, one per line.
+    One problem is one line, ``"{path}: row R (ImageId I): what"``; several say ``"{path}: N problems;
+    first:"`` followed by up to 10 of them, one per line.
     """
     frame = read_rle_csv(path)
     problems = validate_submission(frame, image_sizes, expected_ids)
