@@ -43,7 +43,9 @@ def resolve_dataset_dir(data: Path | None) -> Path:
         if not (data / "manifest.csv").is_file():
             raise DataError(f"{data}: not a kit dataset (no manifest.csv); create one with `kit data import`")
         return data
-    found = sorted(p.parent for p in DATA_DIR.glob("*/manifest.csv"))
+    found = sorted(
+        p.parent for p in DATA_DIR.glob("*/manifest.csv") if not p.parent.name.startswith(".")
+    )  # hidden: a dataset being written, or left by a killed import
     if len(found) == 1:
         return found[0]
     if not found:

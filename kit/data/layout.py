@@ -318,8 +318,9 @@ def write_dataset(
 ) -> Path:
     """Write `samples` as a dataset folder at `out` (see the module docstring); returns `out`.
 
-    Everything is written into a temporary sibling ``.<out name>.tmp-*`` that replaces `out` only after
-    success, so a failure leaves `out` as it was. An existing `out` is replaced only if it is a kit
+    Everything is written into a temporary sibling ``.<out name>.tmp-<pid>-*`` that replaces `out` only
+    after success, so a failure (even a SIGKILL) leaves `out` as it was; siblings left by a killed writer
+    are removed by the next one (`remove_abandoned`). An existing `out` is replaced only if it is a kit
     dataset (has manifest.csv) or empty. With `k_folds`, image styles are clustered and the train split
     gets style-stratified folds (`kit.data.folds.assign_styles_and_folds`). `notes` go to dataset.json,
     together with a summary of the per-image notes. Raises `DataError` for no samples ("no images found
@@ -328,7 +329,8 @@ def write_dataset(
     out = Path(out)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_abandoned(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         rows = _write_samples(samples, tmp, name, progress)
         if not rows:
@@ -349,6 +351,39 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def remove_abandoned(out: Path) -> list[Path]:
+    """Clean up after a writer of `out` that was killed mid-write: its temporary siblings
+    (``.<name>.tmp-<pid>-*``, ``.<name>.old-<pid>-*`` of a process that no longer runs) are removed,
+    except that a previous dataset moved aside just before the kill is put back when `out` is missing.
+    Returns the folders removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)-")
+    siblings = sorted(out.parent.iterdir()) if out.parent.is_dir() else []
+    for sibling in siblings:
+        match = pattern.match(sibling.name)
+        if not match or not sibling.is_dir() or _pid_alive(int(match[2])):
+            continue
+        if match[1] == "old" and not out.exists():
+            os.replace(sibling, out)  # killed between the two renames of `_swap_into_place`
+            log.warning("restored %s from %s, left by an interrupted write", out, sibling.name)
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+        removed.append(sibling)
+    if removed:
+        log.info("removed %d folder(s) left by an interrupted write of %s", len(removed), out)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_replaceable(out: Path) -> None:
@@ -468,7 +503,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.replace(out, old)
     try:
         os.replace(tmp, out)

@@ -11,7 +11,8 @@ from kit.tracking.schema import Role, Tag, fold_runs
 
 def leaderboard(experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
     """One row per training parent run: experiment, run, folds, best val mAP mean ± sd, epochs, duration,
-    status; newest first. `experiment` restricts it to one MLflow experiment."""
+    status ("RUNNING (stale?)" when the run's process is gone, `tracking.is_stale`); newest first.
+    `experiment` restricts it to one MLflow experiment."""
     mlflow = tracking.configure()
     client = mlflow.MlflowClient()
     experiments = client.search_experiments()
@@ -41,7 +42,7 @@ def leaderboard(experiment: str | None = None, limit: int = 20) -> pd.DataFrame:
                 "val mAP": f"{np.mean(maps):.4f} ± {np.std(maps):.4f}" if maps else "-",
                 "epochs": sum(epochs),
                 "duration": f"{(end - run.info.start_time) / 1000:.0f} s",
-                "status": run.info.status,
+                "status": tracking.status_text(run),
                 "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
             }
         )

@@ -3,8 +3,9 @@
 The newest finished `test` or `input` predict run of the experiment (or a given one) is written to
 `submissions/<name>.csv` with `write_submission`, then read back and checked with `check_submission`
 against the images that must be there and their sizes: the dataset split's images (manifest height and
-width) for a split run, the predicted folder's images for an input run. A file that fails the check is
-removed. The CSV is logged as an artifact of a submit run (kit.role=submit, kit.predict_run_id,
+width) for a split run, the predicted folder's images for an input run. The file is written and checked
+under a temporary name and takes its own only when valid, so a failed check or a kill leaves any earlier
+submission of that name untouched. The CSV is logged as an artifact of a submit run (kit.role=submit, kit.predict_run_id,
 kit.train_run_id).
 """
 
@@ -21,6 +22,7 @@ from kit import tracking
 from kit.config import SUBMIT_KINDS, ExperimentConfig
 from kit.data.dataset import open_dataset
 from kit.errors import ConfigError, DataError
+from kit.fileio import atomic_path
 from kit.stages.predict import load_predicted_labels
 from kit.tracking.schema import Role, Tag, find_predict_run, role_tags
 
@@ -90,12 +92,13 @@ def submit_experiment(
     index, labels = load_predicted_labels(run)
     sizes = expected_images(cfg, run, index)
     _check_coverage(run.info.run_id, labels, sizes)
-    path = write_submission(out_dir / f"{name}.csv", {i: labels[i] for i in sizes})
-    try:
-        frame = check_submission(path, sizes, sizes.keys())
-    except DataError:
-        path.unlink(missing_ok=True)
-        raise
+    path = out_dir / f"{name}.csv"
+    with atomic_path(path) as tmp:  # only a checked file takes the name; a kill leaves the old one
+        write_submission(tmp, {i: labels[i] for i in sizes})
+        try:
+            frame = check_submission(tmp, sizes, sizes.keys())
+        except DataError as exc:
+            raise DataError(str(exc).replace(str(tmp), str(path))) from None
     outcome = SubmitOutcome(path, len(frame), len(sizes), run.info.run_id)
     if track:
         outcome.run_id = _log_submission(cfg, run, outcome, name, command)

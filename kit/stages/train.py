@@ -131,13 +131,26 @@ def log_train_model(run_id: str) -> str:
 
 
 def _resumable_parent(experiment: str) -> tuple[str, ExperimentConfig]:
-    runs = [
+    """The newest unfinished train run whose process is gone (killed, failed, or stale), and its config.
+    A run still training in another process is never taken over."""
+    unfinished = [
         r
         for r in find_role_runs(experiment, Role.TRAIN, status=None, max_results=50)
         if r.info.status != "FINISHED"
     ]
+    runs = [r for r in unfinished if not tracking.is_live(r)]
     if not runs:
-        raise RunNotFoundError(f"nothing to resume: experiment '{experiment}' has no unfinished training run")
+        busy = ""
+        if unfinished:
+            tags = unfinished[0].data.tags
+            busy = (
+                f" (run {unfinished[0].info.run_id} is still training: process "
+                f"{tags.get(tracking.PID_TAG, '?')} on {tags.get(tracking.HOST_TAG, '?')})"
+            )
+        raise RunNotFoundError(
+            f"nothing to resume: experiment '{experiment}' has no unfinished training run whose process "
+            f"has ended{busy}"
+        )
     run = runs[0]
     import mlflow
 
@@ -228,6 +241,8 @@ def _train_fold(
         resume_from = dist.broadcast_object(resume_from)
         if resume_from is not None:
             trainer.resume_from(resume_from)
+            if logger is not None:
+                logger.report_history(trainer.history)
         result = trainer.fit()
         if logger is not None:
             logger.end(trainer, result, data.val_images, work_dir)
@@ -248,9 +263,19 @@ def _download_checkpoints(run_id: str, work_dir: Path) -> Path | None:
     except Exception:  # MLflow raises different types per store for a missing artifact
         return None
     best, last = folder.parent / BEST_CHECKPOINT, folder.parent / LAST_CHECKPOINT
+    if not last.is_file():
+        return None
+    from kit.errors import KitError
+    from kit.models.checkpoint import load_checkpoint
+
+    try:  # a kill during the upload can leave a truncated copy in the store
+        load_checkpoint(last)
+    except KitError as exc:
+        log.warning("run %s: %s is unreadable, the fold starts over (%s)", run_id, LAST_CHECKPOINT, exc)
+        return None
     if best.is_file():
         shutil.copy2(best, work_dir / best.name)
-    return last if last.is_file() else None
+    return last
 
 
 class _FoldLogger:
@@ -293,6 +318,17 @@ class _FoldLogger:
         import mlflow
 
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
+
+    def report_history(self, history: list[dict[str, float]]) -> None:
+        """On resume: log the epochs of the restored history the run lacks (a kill can fall between an
+        epoch's checkpoint and its numbers), so every epoch is in the run exactly once."""
+        import mlflow
+
+        run_id = mlflow.active_run().info.run_id
+        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "epoch_time")}
+        for record in history:
+            if int(record["epoch"]) not in logged:
+                self.epoch(record, int(record["epoch"]))
 
     def checkpoint(self, path: Path) -> None:
         import mlflow

@@ -135,6 +135,32 @@ def get_run(run_id: str) -> Any:
         ) from None
 
 
+def check_finished(run: Any, what: str) -> Any:
+    """`run` if it is FINISHED, else RunNotFoundError: a stage never reads a run that was interrupted
+    (killed, failed, or still being written) or that belongs to an unfinished ensemble run."""
+    status = run.info.status
+    if status != "FINISHED":
+        state = store.status_text(run)
+        raise RunNotFoundError(
+            f"{what} {run.info.run_id} is {state}, not finished: its outputs may be incomplete; "
+            "run the stage again (or pick a finished run, see `kit runs`)"
+        )
+    parent = run.data.tags.get(Tag.ENSEMBLE_RUN)
+    if parent and not _finished(parent):
+        raise RunNotFoundError(
+            f"{what} {run.info.run_id} belongs to ensemble run {parent}, which did not finish; "
+            "run `kit ensemble` again"
+        )
+    return run
+
+
+def _finished(run_id: str) -> bool:
+    try:
+        return get_run(run_id).info.status == "FINISHED"
+    except RunNotFoundError:
+        return False
+
+
 def role_of(run: Any) -> str:
     """The `kit.role` of a run ("" for runs kit did not make)."""
     return run.data.tags.get(Tag.ROLE, "")
@@ -155,7 +181,7 @@ def find_train_run(experiment: str, run_id: str | None = None) -> Any:
         if role != Role.TRAIN:
             hint = f"; use its parent {run.data.tags.get(Tag.PARENT_RUN)}" if role == Role.TRAIN_FOLD else ""
             raise RunNotFoundError(f"run {run_id} is a {role or 'non-kit'} run, not a train run{hint}")
-        return run
+        return check_finished(run, "train run")
     runs = find_role_runs(experiment, Role.TRAIN, max_results=1)
     if not runs:
         raise RunNotFoundError(
@@ -224,17 +250,21 @@ def run_config(run: Any) -> dict[str, Any]:
 
 
 def find_predict_run(experiment: str, kinds: str | Sequence[str] = "test", run_id: str | None = None) -> Any:
-    """The predict run `run_id`, or the newest finished predict run of one of `kinds` in `experiment`."""
+    """The predict run `run_id`, or the newest finished predict run of one of `kinds` in `experiment`.
+
+    The predict runs an ensemble run nests count only once their ensemble run has finished: a killed
+    `kit ensemble` leaves finished OOF predictions inside an unfinished ensemble, which no stage reads."""
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     if run_id is not None:
         run = get_run(run_id)
         if role_of(run) != Role.PREDICT:
             raise RunNotFoundError(f"run {run_id} is not a predict run ({Tag.ROLE}={role_of(run)})")
-        return run
+        return check_finished(run, "predict run")
     runs = [
         run
         for kind in kinds
-        for run in find_role_runs(experiment, Role.PREDICT, max_results=1, **{Tag.PREDICT_KIND: kind})
+        for run in find_role_runs(experiment, Role.PREDICT, max_results=20, **{Tag.PREDICT_KIND: kind})
+        if not run.data.tags.get(Tag.ENSEMBLE_RUN) or _finished(run.data.tags[Tag.ENSEMBLE_RUN])
     ]
     if not runs:
         how = " or ".join(

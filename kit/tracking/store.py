@@ -9,11 +9,14 @@ module; building blocks never do. The tags and roles stages use to find each oth
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import socket
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -25,6 +28,14 @@ from kit.errors import RunNotFoundError
 
 STORE_DIR = Path("mlruns")
 TAG_PREFIX = "kit."
+HOST_TAG = f"{TAG_PREFIX}host"
+PID_TAG = f"{TAG_PREFIX}pid"
+PROCESS_START_TAG = f"{TAG_PREFIX}process_start"
+HEARTBEAT_TAG = f"{TAG_PREFIX}heartbeat"
+HEARTBEAT_SECONDS = 30.0
+"""A running run's process sets `kit.heartbeat` (unix seconds) this often."""
+STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
+"""A RUNNING run of another host whose heartbeat is older than this is presumed dead (`is_stale`)."""
 TRACKED_PACKAGES = (
     "torch",
     "torchvision",
@@ -51,6 +62,28 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:///") and os.environ.get("MLFLOW_TRACKING_URI") is None
 
 
+log = logging.getLogger(__name__)
+_READY_STORES: set[str] = set()
+
+
+def _prepare_sqlite_store(uri: str, mlflow: Any) -> None:
+    """Create or migrate a SQLite store while holding a lock file next to it, once per process.
+
+    MLflow builds a new store by running its schema migrations; two processes doing that at once (two
+    `kit train` in a fresh project) break each other's migrations. Once the schema is in place, SQLite's
+    own locking (MLflow waits up to 20 s for a busy database) is enough for concurrent writers.
+    """
+    if uri in _READY_STORES or not uri.startswith("sqlite:///"):
+        return
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock", timeout=600):
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _READY_STORES.add(uri)
+
+
 def configure() -> Any:
     """Point MLflow at the store (creating `mlruns/` for the local default) and return the mlflow module."""
     import logging
@@ -69,6 +102,7 @@ def configure() -> Any:
         # MLflow exports the URI to the environment; kit derives it from the working directory on every
         # call, so leave the environment as the user set it (else a later chdir would keep the old store).
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    _prepare_sqlite_store(uri, mlflow)
     return mlflow
 
 
@@ -137,7 +171,7 @@ def standard_tags(experiment: str, command: str) -> dict[str, str]:
         f"{TAG_PREFIX}experiment": experiment,
         f"{TAG_PREFIX}command": command,
         f"{TAG_PREFIX}version": __version__,
-        f"{TAG_PREFIX}host": socket.gethostname(),
+        HOST_TAG: socket.gethostname(),
         f"{TAG_PREFIX}python": platform.python_version(),
         f"{TAG_PREFIX}device": device_description(),
     }
@@ -149,6 +183,87 @@ def standard_tags(experiment: str, command: str) -> dict[str, str]:
     for name, version in package_versions().items():
         tags[f"{TAG_PREFIX}pkg.{name}"] = version
     return tags
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where /proc is absent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+
+
+def liveness_tags() -> dict[str, str]:
+    """Tags that let `is_live` / `is_stale` tell a running run from one whose process died."""
+    pid = os.getpid()
+    tags = {PID_TAG: str(pid), HEARTBEAT_TAG: str(int(time.time()))}
+    start = _process_start(pid)
+    if start is not None:
+        tags[PROCESS_START_TAG] = start
+    return tags
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    now = _process_start(pid)
+    return start is None or now is None or now == start  # a reused pid started later
+
+
+def _liveness(run: Any, now: float | None = None) -> bool | None:
+    """Whether a RUNNING run's process is alive: True, False, or None when it cannot be told (runs
+    made before kit recorded liveness). On this host the process id decides; elsewhere the heartbeat."""
+    tags = run.data.tags
+    if tags.get(PID_TAG, "").isdigit() and tags.get(HOST_TAG) == socket.gethostname():
+        return _process_alive(int(tags[PID_TAG]), tags.get(PROCESS_START_TAG))
+    beat = tags.get(HEARTBEAT_TAG, "")
+    if beat.isdigit():
+        return (now or time.time()) - int(beat) <= STALE_AFTER_SECONDS
+    return None
+
+
+def is_stale(run: Any) -> bool:
+    """A RUNNING run whose process is gone (killed, crashed, machine lost): it will never finish."""
+    return run.info.status == "RUNNING" and _liveness(run) is False
+
+
+def is_live(run: Any) -> bool:
+    """A RUNNING run whose process is known to be alive (so nobody else should resume it)."""
+    return run.info.status == "RUNNING" and _liveness(run) is True
+
+
+def status_text(run: Any) -> str:
+    """The run's status for people: "RUNNING (stale?)" for a RUNNING run whose process is gone."""
+    return "RUNNING (stale?)" if is_stale(run) else run.info.status
+
+
+class _Heartbeat:
+    """Sets the heartbeat tag of a run every `HEARTBEAT_SECONDS` from a daemon thread until stopped."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri, self.run_id = uri, run_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"kit-heartbeat-{run_id[:8]}", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=self.uri)
+        while not self.stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+            except Exception as exc:  # a missed beat is not worth failing the run
+                log.debug("heartbeat of run %s failed: %s", self.run_id, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -164,11 +279,14 @@ def start_run(
     """Start (or, with `run_id`, resume) an MLflow run carrying the standard tags.
 
     The run ends FINISHED on success, FAILED on an exception and KILLED on Ctrl-C. When the working tree
-    is dirty, its `git diff` is logged as `git_diff.patch` so the run can be reproduced.
+    is dirty, its `git diff` is logged as `git_diff.patch` so the run can be reproduced. While it runs,
+    its process id and a heartbeat are in its tags, so a run whose process was killed shows as stale
+    (`is_stale`) instead of running forever.
     """
     mlflow = configure()
     experiment_id = ensure_experiment(experiment)
     all_tags = standard_tags(experiment, command)
+    all_tags.update(liveness_tags())
     all_tags.update(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -179,19 +297,20 @@ def start_run(
         mlflow.set_tags({k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags, nested=nested)
+    heartbeat = _Heartbeat(tracking_uri(), run.info.run_id)
+    status = "FAILED"
     try:
         git = git_state()
         if git.get("dirty") and git.get("diff"):
             mlflow.log_text(git["diff"], "git_diff.patch")
         yield run
+        status = "FINISHED"
     except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
+        status = "KILLED"
         raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    finally:
+        heartbeat.stop()
+        mlflow.end_run(status=status)
 
 
 def log_dataset(manifest_path: str | os.PathLike, name: str, context: str = "training") -> str:

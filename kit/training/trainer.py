@@ -329,9 +329,11 @@ class Trainer:
                 f"{k} {v:.4f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_map")
             )
             tqdm.write(f"epoch {epoch + 1}/{self.tcfg.epochs}: {shown} ({record['epoch_time']:.1f} s)")
-        if self.on_epoch is not None:
-            self.on_epoch(record, epoch)
+        # Best before last, both before the epoch's numbers: whatever a hard kill interrupts, the newest
+        # last.pt has its best.pt beside it, and a resumed run can re-report the numbers its history holds.
         if self.on_checkpoint is not None:
-            self.on_checkpoint(self.last_path)
             if improved:
                 self.on_checkpoint(self.best_path)
+            self.on_checkpoint(self.last_path)
+        if self.on_epoch is not None:
+            self.on_epoch(record, epoch)
