@@ -11,6 +11,7 @@ import pytest
 from kit.stages.demo import DemoStep, run_demo
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble(project_dir) -> None:
     stages: list[str] = []
     tiny = ("training.epochs=1", "data.samples_per_epoch=8", "training.max_steps_per_epoch=2")

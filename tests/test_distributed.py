@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import FAST_OVERRIDES, write_tiny_synthetic
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_log_one_parent_and_one_fold_run(project_dir) -> None:
     write_tiny_synthetic(project_dir / "data" / "synthetic")
     overrides = [arg for o in FAST_OVERRIDES for arg in ("--set", o)]

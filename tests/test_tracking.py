@@ -1,4 +1,5 @@
-"""Tracking: the default store, standard tags, run status, finding runs, dataset inputs."""
+"""Tracking: the default store, standard tags, run status, finding runs, dataset inputs. Tests that write
+runs use `project` (a copy of an empty store: creating one runs all of MLflow's migrations)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ def test_env_overrides_store(project_dir, monkeypatch):
     assert tracking.tracking_uri() == "sqlite:///elsewhere.db"
 
 
-def test_run_carries_standard_tags_and_diff_when_dirty(project_dir):
-    _git(project_dir, "init", "-q")
-    (project_dir / "a.txt").write_text("one\n")
-    _git(project_dir, "add", "a.txt")
-    _git(project_dir, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
-    (project_dir / "a.txt").write_text("two\n")
+def test_run_carries_standard_tags_and_diff_when_dirty(project):
+    _git(project, "init", "-q")
+    (project / "a.txt").write_text("one\n")
+    _git(project, "add", "a.txt")
+    _git(project, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    (project / "a.txt").write_text("two\n")
     with tracking.start_run("exp_a", "train", run_name="r", tags={"kit.fold": "1"}) as run:
         run_id = run.info.run_id
     mlflow = tracking.configure()
@@ -40,17 +41,17 @@ def test_run_carries_standard_tags_and_diff_when_dirty(project_dir):
     assert tags["kit.device"] == "cpu" and "kit.pkg.mlflow" in tags
     diff = mlflow.artifacts.load_text(f"{got.info.artifact_uri}/git_diff.patch")
     assert "+two" in diff
-    assert str(project_dir / "mlruns") in got.info.artifact_uri
+    assert str(project / "mlruns") in got.info.artifact_uri
 
 
-def test_failed_run_is_marked_failed(project_dir):
+def test_failed_run_is_marked_failed(project):
     with pytest.raises(RuntimeError), tracking.start_run("exp_b", "train") as run:
         run_id = run.info.run_id
         raise RuntimeError("boom")
     assert tracking.configure().get_run(run_id).info.status == "FAILED"
 
 
-def test_find_and_latest_runs_by_tags(project_dir):
+def test_find_and_latest_runs_by_tags(project):
     run_ids = []
     for fold in ("0", "1", "0"):
         with tracking.start_run("exp_c", "train", tags={"kit.fold": fold}) as run:
@@ -63,8 +64,8 @@ def test_find_and_latest_runs_by_tags(project_dir):
     assert tracking.find_runs("no_such_experiment") == []
 
 
-def test_dataset_input_is_versioned_by_manifest_digest(project_dir):
-    manifest = project_dir / "manifest.csv"
+def test_dataset_input_is_versioned_by_manifest_digest(project):
+    manifest = project / "manifest.csv"
     manifest.write_text("id,split\na,train\n")
     with tracking.start_run("exp_d", "data import") as run:
         digest = tracking.log_dataset(manifest, name="tiny", context="import")
