@@ -169,7 +169,7 @@ def test_instance_crops_of_an_empty_crop_have_no_instances() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# the whole pipeline
+# the whole pipeline (slow: Mask R-CNN trained, predicted, evaluated, submitted and resumed end to end)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,7 @@ def cfg(trained, monkeypatch):
     return load_experiment("maskrcnn_tiny")
 
 
+@pytest.mark.slow
 def test_tiny_maskrcnn_trains_with_the_shared_trainer_and_logging(cfg, trained) -> None:
     _, outcome = trained
     client = tracking.configure().MlflowClient()
@@ -215,6 +216,7 @@ def test_tiny_maskrcnn_trains_with_the_shared_trainer_and_logging(cfg, trained) 
     assert model.kit_cfg["task"] == "instance" and config["name"] == "maskrcnn_tiny"
 
 
+@pytest.mark.slow
 def test_predict_oof_and_test_split_write_label_images(cfg, trained) -> None:
     from kit.inference.artifacts import read_labels, read_probs
     from kit.stages.predict import predict_experiment
@@ -238,6 +240,7 @@ def test_predict_oof_and_test_split_write_label_images(cfg, trained) -> None:
     assert instances["score"].between(cfg.instances.score_threshold, 1).all()
 
 
+@pytest.mark.slow
 def test_evaluate_and_submit_work_as_for_unet(cfg, trained, tmp_path) -> None:
     from kit.stages.evaluate import evaluate_experiment
     from kit.stages.predict import predict_experiment
@@ -253,6 +256,7 @@ def test_evaluate_and_submit_work_as_for_unet(cfg, trained, tmp_path) -> None:
     assert outcome.n_images == 4 and outcome.path.is_file()
 
 
+@pytest.mark.slow
 def test_an_interrupted_maskrcnn_run_resumes(tmp_path_factory, monkeypatch) -> None:
     from kit.stages.train import train_experiment
     from kit.training.trainer import Trainer
