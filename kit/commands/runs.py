@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated
 
 import typer
@@ -27,27 +26,18 @@ def runs_command(
 def ui_command(
     port: Annotated[int, typer.Option(help="Port to serve on (127.0.0.1).")] = 5000,
 ) -> None:
-    """Start the MLflow UI on this project's tracking store and print its URL."""
-    import subprocess
-    import sys
-
+    """Start the MLflow UI on this project's tracking store and print its URL; Ctrl-C (or SIGTERM) stops
+    it and every process it started."""
     from kit import tracking
+    from kit.tracking.server import mlflow_command, serve
 
     uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        console.print(f"the store is a tracking server: open [bold]{uri}[/] in a browser")
+        return
     tracking.configure()
     url = f"http://127.0.0.1:{port}"
     console.print(f"MLflow UI for {uri} at [bold]{url}[/] (Ctrl-C stops it)")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with contextlib.suppress(KeyboardInterrupt):
-        subprocess.run(cmd, check=False)
+    code = serve(mlflow_command("ui", uri, "127.0.0.1", port))
+    if code:
+        raise typer.Exit(code)
