@@ -100,9 +100,13 @@ def test_dsb_zip_of_a_stage_folder_uses_the_split_argument(dsb_root, tmp_path):
     stage_zip = _zip_folder(dsb_root / "stage1_test", tmp_path / "stage1_test.zip", with_root=False)
     ds = NucleiDataset(import_dsb2018(stage_zip, tmp_path / "o", split="test", k_folds=None))
     assert ds.ids("test") == ["plain"] and ds.load("plain").labels is None
-    with pytest.raises(DataError, match=r"stage1_test\.zip:plain: no masks/ folder; a train image needs"):
-        import_dsb2018(stage_zip, tmp_path / "o2", k_folds=None)
-    assert not (tmp_path / "o2").exists()
+    # no image has masks/: the default split gives way to test, said in dataset.json's remarks
+    ds = NucleiDataset(import_dsb2018(stage_zip, tmp_path / "o2", k_folds=None))
+    assert ds.ids("test") == ["plain"] and ds.ids("train") == []
+    remarks = json.loads((tmp_path / "o2" / "dataset.json").read_text())["remarks"]
+    assert remarks == [
+        f"no masks/ folder in {stage_zip}: 1 image(s) imported as the test split (no truth, no folds)"
+    ]
 
 
 def test_dsb_missing_masks_in_train_names_the_folder(dsb_root, tmp_path):

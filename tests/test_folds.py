@@ -11,6 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from kit.data.folds import (
     assign_styles_and_folds,
+    fold_count,
     stratified_folds,
     style_clusters,
     style_features,
@@ -148,8 +149,10 @@ def test_assign_without_train_rows_and_missing_columns(samples, manifest):
     assert (out["fold"] == -1).all()
     with pytest.raises(DataError, match="split"):
         assign_styles_and_folds(manifest[["id"]], _loader(samples))
-    with pytest.raises(DataError):
-        assign_styles_and_folds(manifest.head(5).assign(split="train"), _loader(samples), k=6)
+    few = assign_styles_and_folds(manifest.head(5).assign(split="train"), _loader(samples), k=6)
+    assert sorted(few["fold"]) == [0, 1, 2, 3, 4] and fold_count(few) == 5  # one fold per image
+    one = assign_styles_and_folds(manifest.head(1).assign(split="train"), _loader(samples), k=4)
+    assert list(one["fold"]) == [-1] and fold_count(one) == 0
 
 
 def test_style_summary_counts():

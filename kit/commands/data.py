@@ -27,8 +27,10 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Seed for style clusteri
 
 
 def _finish_import(outcome) -> None:
-    """Print what an import wrote."""
+    """Print what an import wrote, and its remarks (one line each)."""
     _print_summary(outcome.root, outcome.manifest)
+    for remark in outcome.remarks:
+        console.print(f"[yellow]note:[/] {remark}", highlight=False, soft_wrap=True)
     console.print(
         f"[green]wrote[/] {outcome.root} in {outcome.seconds:.1f} s "
         f"(MLflow run {outcome.run_id[:8]} in '{DATASETS_EXPERIMENT}')"
@@ -134,7 +136,7 @@ def folds_command(
 ) -> None:
     """Recompute style clusters (k-means on intensity histograms) and K folds stratified by cluster."""
     from kit.data.dataset import NucleiDataset
-    from kit.data.folds import assign_styles_and_folds
+    from kit.data.folds import assign_styles_and_folds, fold_count, fold_remark
     from kit.data.manifest import write_manifest
     from kit.fileio import read_image
 
@@ -145,7 +147,11 @@ def folds_command(
     )
     write_manifest(manifest, root / "manifest.csv")
     _print_summary(root, manifest)
-    console.print(f"[green]updated[/] {root / 'manifest.csv'} ({k} folds)")
+    n_train = int((manifest["split"] == "train").sum())
+    remark = fold_remark(n_train, k, fold_count(manifest)) if n_train else None
+    if remark:
+        console.print(f"[yellow]note:[/] {remark}", highlight=False, soft_wrap=True)
+    console.print(f"[green]updated[/] {root / 'manifest.csv'} ({fold_count(manifest)} folds)")
 
 
 @app.command("styles")

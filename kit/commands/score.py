@@ -20,7 +20,8 @@ def score_command(
         typer.Option(
             "--truth",
             "-t",
-            help="Labels CSV with Height,Width (e.g. stage1_solution.csv) or a kit dataset folder.",
+            help="Labels CSV with Height,Width (e.g. stage1_solution.csv), a kit dataset folder, or a DSB "
+            "folder or zip (<id>/images/, <id>/masks/, e.g. stage1_train/).",
             exists=True,
         ),
     ],

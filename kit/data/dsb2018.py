@@ -51,6 +51,7 @@ class _SampleFiles:
     location: str
     images: list[FileRef] | None = None
     masks: list[FileRef] | None = None
+    split_named: bool = False  # the split comes from a stage folder's name, not the default
 
 
 def import_dsb2018(
@@ -67,7 +68,9 @@ def import_dsb2018(
     """Import the DSB2018 data at `path` (folder or zip) as the dataset folder `out`; returns `out`.
 
     `split` applies to images not inside a train/val/test-named stage folder. Train and validation
-    images need masks (a folder without masks/ is an error naming it); test images may lack them.
+    images need masks (a folder without masks/ is an error naming it); test images may lack them. When no
+    image has a masks/ folder (and there is no `labels_csv`), the images outside named stage folders are
+    imported as the test split, with a remark in dataset.json saying so.
     With `labels_csv` (read by `labels_csv_reader`) the labels come from that CSV instead of masks/: it
     must cover every train/validation image, or every image when only test images are imported (a
     solution CSV); the reader gets exactly those images' sizes. Overlapping masks are an error unless
@@ -91,8 +94,17 @@ def import_dsb2018(
             "overlapping masks resolved: each contested pixel given to the nucleus with the nearest "
             "centroid (note overlap-pixels-moved=N)"
         )
+    remarks = []
     with contextlib.ExitStack() as stack:
         groups = _scan(path, split, stack)
+        unnamed = [g for g in groups if not g.split_named]
+        if labels_csv is None and unnamed and all(g.masks is None for g in groups):
+            for group in unnamed:  # images without any truth: what a test folder is
+                group.split = "test"
+            remarks.append(
+                f"no masks/ folder in {path}: {len(unnamed)} image(s) imported as the test split "
+                "(no truth, no folds)"
+            )
         labels = None
         if labels_csv is not None:
             labels = _labels_from_csv(Path(labels_csv), groups, labels_csv_reader)
@@ -105,9 +117,32 @@ def import_dsb2018(
             kind="dsb2018",
             source=str(path),
             notes=notes,
+            remarks=remarks,
             k_folds=k_folds,
             seed=seed,
         )
+
+
+def read_dsb_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The truth of a DSB folder or zip (as `import_dsb2018` accepts): image id → int32 label image
+    stacked from its masks/. Every image must have a masks/ folder (an empty one means no nuclei)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    labels: dict[str, np.ndarray] = {}
+    with contextlib.ExitStack() as stack:
+        for files in _scan(path, "test", stack):
+            if files.masks is None:
+                raise DataError(f"{files.location}: no masks/ folder, so no truth for image {files.id}")
+            if files.id in labels:
+                raise DataError(f"{path}: image id {files.id!r} appears twice (last in {files.location})")
+            sample = sample_from_files(
+                files.id, "test", files.images or [], files.masks, location=files.location
+            )
+            labels[files.id] = np.asarray(sample.labels, dtype=np.int32)
+    if not labels:
+        raise DataError(f"{path}: no <id>/images/ + <id>/masks/ folders found (the DSB layout)")
+    return labels
 
 
 def _load(files: _SampleFiles, resolve_overlaps: bool, labels: dict[str, np.ndarray] | None) -> Sample:
@@ -196,7 +231,12 @@ def _scan(path: Path, split: str, stack: contextlib.ExitStack) -> list[_SampleFi
         group = groups.get((prefix, match["id"]))
         if group is None:
             location = name[: name.rindex(f"/{match['kind']}/")]
-            group = _SampleFiles(id=match["id"], split=_split_of(prefix, split), location=location)
+            group = _SampleFiles(
+                id=match["id"],
+                split=_split_of(prefix, split),
+                location=location,
+                split_named=_split_of(prefix, "") != "",
+            )
             groups[prefix, match["id"]] = group
         files = group.images if match["kind"] == "images" else group.masks
         if files is None:

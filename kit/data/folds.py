@@ -167,8 +167,9 @@ def assign_styles_and_folds(
 
     `manifest` needs columns ``id`` and ``split``; ``load_image(id)`` returns the image. Styles are
     clustered over every row (see `style_clusters`); folds split the "train" rows by style (see
-    `stratified_folds`). A manifest without train rows gets fold −1 everywhere. A progress bar is shown
-    above 50 images.
+    `stratified_folds`). Fewer train rows than `k` get one fold each (`fold_count` tells how many folds
+    were made); a manifest with fewer than two train rows gets fold −1 everywhere. A progress bar is
+    shown above 50 images.
     """
     missing = [c for c in ("id", "split") if c not in manifest.columns]
     if missing:
@@ -181,10 +182,29 @@ def assign_styles_and_folds(
     out["style"] = style_clusters(features, n_clusters=n_clusters, seed=seed)
     train = (out["split"] == "train").to_numpy()
     folds = np.full(len(out), -1, dtype=np.int64)
-    if train.any():
+    if train.sum() >= 2:
+        k = min(k, int(train.sum()))
         folds[train] = stratified_folds(out.loc[train, "style"].to_numpy(), k=k, seed=seed)
     out["fold"] = folds
     return out
+
+
+def fold_count(manifest: pd.DataFrame) -> int:
+    """The number of folds a manifest's train split is divided into (0 when it has none)."""
+    folds = manifest["fold"] if "fold" in manifest else pd.Series(dtype=int)
+    return int(folds[folds >= 0].nunique())
+
+
+def fold_remark(n_train: int, requested: int, made: int) -> str | None:
+    """One line saying that fewer folds than `requested` were made for `n_train` train images, or None."""
+    if made >= requested:
+        return None
+    if made == 0:
+        return (
+            f"{n_train} train image(s): no folds (K-fold training needs at least 2); "
+            "the images can still be predicted and scored"
+        )
+    return f"{n_train} train image(s): {made} folds instead of {requested}"
 
 
 def style_summary(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -312,6 +312,7 @@ def write_dataset(
     kind: str,
     source: str,
     notes: Sequence[str] = (),
+    remarks: Sequence[str] = (),
     k_folds: int | None = 4,
     seed: int = 0,
     progress: bool = True,
@@ -322,8 +323,9 @@ def write_dataset(
     after success, so a failure (even a SIGKILL) leaves `out` as it was; siblings left by a killed writer
     are removed by the next one (`remove_abandoned`). An existing `out` is replaced only if it is a kit
     dataset (has manifest.csv) or empty. With `k_folds`, image styles are clustered and the train split
-    gets style-stratified folds (`kit.data.folds.assign_styles_and_folds`). `notes` go to dataset.json,
-    together with a summary of the per-image notes. Raises `DataError` for no samples ("no images found
+    gets style-stratified folds (`kit.data.folds.assign_styles_and_folds`; fewer when there are fewer
+    train images). `notes` go to dataset.json, together with a summary of the per-image notes; `remarks`
+    (one line each, for the user to read now) too, with a line added when fewer folds were made. Raises `DataError` for no samples ("no images found
     in <source>"), duplicate or unsafe ids, unknown splits and unwritable images.
     """
     out = Path(out)
@@ -336,15 +338,21 @@ def write_dataset(
         if not rows:
             raise DataError(f"no images found in {source}")
         manifest = build_manifest(rows)
+        remarks = list(remarks)
+        made = None
         if k_folds is not None:
-            from kit.data.folds import assign_styles_and_folds
+            from kit.data.folds import assign_styles_and_folds, fold_count, fold_remark
 
             paths = {r["id"]: tmp / r["split"] / r["id"] / "images" / f"{r['id']}.png" for r in rows}
             manifest = assign_styles_and_folds(manifest, lambda i: read_image(paths[i]), k=k_folds, seed=seed)
+            made = fold_count(manifest)
+            n_train = int((manifest["split"] == "train").sum())
+            remark = fold_remark(n_train, k_folds, made) if n_train else None
+            remarks += [remark] if remark else []
         write_manifest(manifest, tmp / "manifest.csv")
-        info = _dataset_info(
-            rows, name=name, kind=kind, source=source, notes=notes, k_folds=k_folds, seed=seed
-        )
+        info = _dataset_info(rows, name=name, kind=kind, source=source, notes=notes, k_folds=made, seed=seed)
+        info["k_folds_requested"] = k_folds
+        info["remarks"] = remarks
         atomic_write_text(tmp / "dataset.json", json.dumps(info, indent=2) + "\n")
         _swap_into_place(tmp, out)
     except BaseException:

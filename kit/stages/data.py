@@ -8,9 +8,10 @@ record the same thing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -22,12 +23,14 @@ from kit.tracking.schema import DATASETS_EXPERIMENT, Role, Tag, role_tags
 
 @dataclass
 class ImportOutcome:
-    """A written dataset: its folder, manifest, seconds taken and MLflow run."""
+    """A written dataset: its folder, manifest, seconds taken, MLflow run and the remarks the user should
+    read (fewer folds than asked, images taken as the test split), one line each."""
 
     root: Path
     manifest: pd.DataFrame
     seconds: float
     run_id: str
+    remarks: list[str] = field(default_factory=list)
 
 
 def import_dataset(
@@ -51,7 +54,9 @@ def import_dataset(
         mlflow.log_artifact(str(out / "manifest.csv"))
         if (out / "dataset.json").is_file():
             mlflow.log_artifact(str(out / "dataset.json"))
-    return ImportOutcome(out, manifest, elapsed, run.info.run_id)
+    info_file = out / "dataset.json"
+    remarks = json.loads(info_file.read_text()).get("remarks", []) if info_file.is_file() else []
+    return ImportOutcome(out, manifest, elapsed, run.info.run_id, remarks)
 
 
 def import_dsb2018(path: Path, out: Path, **kwargs) -> ImportOutcome:

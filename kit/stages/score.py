@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kit import tracking
-from kit.errors import DataError
+from kit.errors import ConfigError, DataError
 from kit.metrics import Evaluation, evaluate
 from kit.metrics.report import summary_metrics, write_report
 from kit.tracking.schema import SCORES_EXPERIMENT, Role, role_tags
@@ -28,37 +28,54 @@ class ScoreOutcome:
 
 
 def load_truth(truth: Path, split: str | None = None, ids: set[str] | None = None) -> dict[str, np.ndarray]:
-    """Truth label images from a labels CSV (with Height/Width columns) or a kit dataset folder.
+    """Truth label images from whichever layout a user has:
 
-    For a dataset folder, `split` picks the images; when it is None, the splits that hold any of `ids`
-    are used (so a submission for the test split is scored against the whole test split). Images without
-    truth are an error naming them.
+    - a labels CSV with Height/Width columns (the DSB stage-1 solution);
+    - a kit dataset folder (manifest.csv): `split` picks the images; when it is None, the splits that
+      hold any of `ids` are used (so a submission for the test split is scored against the whole split);
+    - a DSB folder or zip (`<id>/images/`, `<id>/masks/`, as Kaggle ships stage1_train): all its images.
+
+    Images without truth are an error naming them.
     """
-    if truth.is_dir():
-        from kit.data.dataset import NucleiDataset
+    if truth.is_dir() and (truth / "manifest.csv").is_file():
+        return _dataset_truth(truth, split, ids)
+    dsb_folder = truth.is_dir() and any(truth.glob("**/images"))
+    if dsb_folder or truth.suffix.lower() == ".zip":
+        from kit.data.dsb2018 import read_dsb_labels
 
-        dataset = NucleiDataset(truth)
-        if split is None:
-            splits = sorted({dataset.row(i)["split"] for i in (ids or set()) if i in dataset})
-            if not splits:
-                raise DataError(f"{truth}: none of the submission's ImageIds is in this dataset")
-        else:
-            splits = [split]
-        wanted = [i for s in splits for i in dataset.ids(s)]
-        missing = [i for i in wanted if dataset.mask_paths(i) is None]
-        if missing:
-            raise DataError(
-                f"{truth}: {len(missing)} image(s) of split {'/'.join(splits)} have no truth (no masks/), "
-                f"e.g. {missing[0]}"
+        if split is not None:
+            raise ConfigError(
+                f"--split {split}: {truth} is a DSB folder, not a kit dataset; it has no splits"
             )
-        return {i: np.asarray(dataset.load(i).labels) for i in wanted}
+        return read_dsb_labels(truth)
     if truth.suffix.lower() == ".csv":
         from kit.submission import read_submission_labels
 
         return read_submission_labels(truth)
     raise DataError(
-        f"{truth}: truth must be a labels CSV (ImageId,EncodedPixels,Height,Width) or a dataset folder"
+        f"{truth}: truth must be a labels CSV (ImageId,EncodedPixels,Height,Width), a kit dataset folder "
+        "(manifest.csv) or a DSB folder or zip (<id>/images/, <id>/masks/)"
     )
+
+
+def _dataset_truth(truth: Path, split: str | None, ids: set[str] | None) -> dict[str, np.ndarray]:
+    from kit.data.dataset import NucleiDataset
+
+    dataset = NucleiDataset(truth)
+    if split is None:
+        splits = sorted({dataset.row(i)["split"] for i in (ids or set()) if i in dataset})
+        if not splits:
+            raise DataError(f"{truth}: none of the submission's ImageIds is in this dataset")
+    else:
+        splits = [split]
+    wanted = [i for s in splits for i in dataset.ids(s)]
+    missing = [i for i in wanted if dataset.mask_paths(i) is None]
+    if missing:
+        raise DataError(
+            f"{truth}: {len(missing)} image(s) of split {'/'.join(splits)} have no truth (no masks/), "
+            f"e.g. {missing[0]}"
+        )
+    return {i: np.asarray(dataset.load(i).labels) for i in wanted}
 
 
 def score(
