@@ -79,8 +79,17 @@ def _prepare_sqlite_store(uri: str, mlflow: Any) -> None:
 
     db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{db}.lock", timeout=600):
+    try:
+        lock = FileLock(f"{db}.lock", timeout=600)
+        lock.acquire()
+    except OSError as exc:  # a read-only folder: nobody can be creating the store there either
+        log.debug("no lock file next to %s (%s)", db, exc)
+        lock = None
+    try:
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    finally:
+        if lock is not None:
+            lock.release()
     _READY_STORES.add(uri)
 
 
