@@ -22,7 +22,7 @@ def test_two_trainings_at_once_on_a_fresh_store(tmp_path: Path, synthetic_src: P
     assert not (tmp_path / "mlruns").exists()  # the two processes race to create the store
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    overrides = [*FAST_OVERRIDES, "tracking.log_model=false"]
+    overrides = [*FAST_OVERRIDES, "training.max_steps_per_epoch=1", "tracking.log_model=false"]
     args = [
         sys.executable,
         "-m",
