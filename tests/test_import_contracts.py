@@ -1,5 +1,6 @@
 """The import contracts of pyproject.toml ([tool.importlinter], run by .ci/run) pass on kit as it is and
-fail when a building block imports a stage or MLflow: checked on a copy of the package."""
+fail when a building block imports a stage or MLflow, or inference imports training code: checked on a
+copy of the package."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _append(module: Path, line: str) -> None:
 def test_contracts_pass_on_kit_as_it_is(kit_copy: Path) -> None:
     result = lint_imports(kit_copy)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 3 kept, 0 broken." in result.stdout
+    assert "Contracts: 4 kept, 0 broken." in result.stdout
 
 
 def test_a_building_block_importing_a_stage_breaks_the_layers(kit_copy: Path) -> None:
@@ -53,17 +54,26 @@ def test_a_building_block_importing_a_stage_breaks_the_layers(kit_copy: Path) ->
     assert "modules BROKEN" in result.stdout  # the layers contract's name ends "… base modules"
     assert "kit.metrics is not allowed to import kit.stages" in result.stdout
     assert "- kit.metrics.dsb -> kit.stages.train" in result.stdout
-    # Through the stage, metrics (and the blocks that use it) now reach MLflow, and a cycle is closed.
+    # Through the stage, metrics (and the blocks that use it, inference among them) now reach MLflow
+    # and training code, and a cycle is closed.
     assert "kit.metrics is not allowed to import mlflow" in result.stdout
+    assert "kit.inference is not allowed to import kit.training" in result.stdout
     assert "- .metrics -> .stages (1 import)" in result.stdout
-    assert "Contracts: 0 kept, 3 broken." in result.stdout
+    assert "Contracts: 0 kept, 4 broken." in result.stdout
 
 
-def test_a_building_block_importing_mlflow_or_tracking_is_forbidden(kit_copy: Path) -> None:
+def test_forbidden_imports_mlflow_tracking_and_training_code_for_inference(kit_copy: Path) -> None:
     _append(kit_copy / "kit" / "data" / "folds.py", "import mlflow  # noqa")
     _append(kit_copy / "kit" / "models" / "registry.py", "from kit.tracking import store  # noqa")
+    _append(kit_copy / "kit" / "inference" / "tiling.py", "from kit.training import losses  # noqa")
     result = lint_imports(kit_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Building blocks never touch MLflow: only stages record runs BROKEN" in result.stdout
+    assert "kit.data is not allowed to import mlflow" in result.stdout
     assert "kit.data.folds -> mlflow" in result.stdout
     assert "kit.models.registry -> kit.tracking.store" in result.stdout
+    assert "A trained model loads and predicts without training code BROKEN" in result.stdout
+    assert "kit.inference.tiling -> kit.training.losses" in result.stdout
+    # training → inference was already there: inference → training also closes a cycle.
+    assert "- .training -> .inference (1 import)" in result.stdout
+    assert "Contracts: 1 kept, 3 broken." in result.stdout  # the layers are still kept

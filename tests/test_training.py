@@ -282,6 +282,7 @@ def test_train_experiment_logs_parent_and_child_runs(in_trained) -> None:
         assert load_experiment(logged).model_dump() == cfg.model_dump()
 
 
+@pytest.mark.slow  # a fresh interpreter; the import contracts check the same statically (pyproject.toml)
 def test_best_checkpoint_loads_without_training_code(in_trained) -> None:
     _, _, outcome = in_trained
     best = _client().download_artifacts(outcome.folds[0].run_id, "checkpoints/best.pt")
