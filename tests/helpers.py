@@ -20,6 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST_OVERRIDES = ["training.epochs=2", "training.max_steps_per_epoch=2", "data.crop_size=64"]
 """unet_tiny overrides that make a fold train in about a second on a CPU."""
 
+NO_MODEL = "tracking.log_model=false"
+"""For tests that train only to check training: no MLflow Model logged at the end (about a second)."""
+
 
 def write_tiny_synthetic(root: Path) -> Path:
     """12 synthetic 96×96 images (8 train in 2 folds, 4 test) written as a kit dataset at `root`."""

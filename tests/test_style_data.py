@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from helpers import (
     FAST_OVERRIDES,
+    NO_MODEL,
     empty_mlflow_store,
     install_dataset,
     seed_mlflow_store,
@@ -177,7 +178,9 @@ def test_training_mixes_extra_data_and_styles_crops_from_test_references(project
     from kit.stages.train import train_experiment
 
     write_extra(Path("data/extra"))
-    cfg = load_experiment("unet_tiny", [*FAST_OVERRIDES, "data.extra=[{root: data/extra, weight: 0.5}]"])
+    cfg = load_experiment(
+        "unet_tiny", [*FAST_OVERRIDES, NO_MODEL, "data.extra=[{root: data/extra, weight: 0.5}]"]
+    )
     cfg.augmentation = [
         *cfg.augmentation,
         {"name": "HistogramMatching", "reference": {"split": "test", "styles": [1]}, "p": 0.5},

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import FAST_OVERRIDES, REPO_ROOT, install_dataset, sha256
+from helpers import FAST_OVERRIDES, NO_MODEL, REPO_ROOT, install_dataset, sha256
 
 from kit import tracking
 from kit.config import load_experiment
@@ -354,7 +354,7 @@ def test_resume_continues_an_interrupted_run(project, synthetic_src, monkeypatch
     from kit.stages.train import train_experiment
 
     install_dataset(synthetic_src, project)
-    overrides = ["training.epochs=3", "training.max_steps_per_epoch=2", "data.crop_size=64"]
+    overrides = ["training.epochs=3", "training.max_steps_per_epoch=2", "data.crop_size=64", NO_MODEL]
     cfg = load_experiment("unet_tiny", overrides)
     client = _client()
 
