@@ -39,6 +39,7 @@ class ProbabilityNet(nn.Module):
         # concatenating (rather than `probabilities`' in-place index assignment) exports cleanly.
         self.softmax_group = group
         self.layout = [group.index(i) if i in group else -1 for i in range(len(self.channels))]
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x).float()
@@ -49,19 +50,28 @@ class ProbabilityNet(nn.Module):
 
 
 def export_torchscript(net: ProbabilityNet, path: str | os.PathLike, example: torch.Tensor) -> Path:
-    """Trace `net` on `example` (N, C, H, W) and save it; convolutions make the trace size-independent."""
+    """Trace `net` on `example` (N, C, H, W) and save it; convolutions make the trace size-independent.
+
+    torch ≥ 2.10 marks TorchScript deprecated in favour of torch.export; it is still what libtorch (C++)
+    and most serving stacks load, so kit writes it and silences that one warning here."""
+    import warnings
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning
+        )
         traced = torch.jit.trace(net, example, check_trace=False)
     traced.save(str(path))
     return path
 
 
 def export_onnx(net: ProbabilityNet, path: str | os.PathLike, example: torch.Tensor) -> Path:
-    """Export `net` to ONNX (opset 17) with dynamic batch, height and width."""
+    """Export `net` to ONNX with torch's dynamo exporter, batch, height and width dynamic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    dims = {0: torch.export.Dim("batch", min=1), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -70,21 +80,24 @@ def export_onnx(net: ProbabilityNet, path: str | os.PathLike, example: torch.Ten
                 str(path),
                 input_names=["image"],
                 output_names=["probs"],
-                dynamic_axes={
-                    "image": {0: "batch", 2: "height", 3: "width"},
-                    "probs": {0: "batch", 2: "height", 3: "width"},
-                },
-                opset_version=17,
-                dynamo=False,
+                dynamic_shapes={"x": dims},
+                dynamo=True,
+                verbose=False,
             )
     except ImportError as exc:
-        raise KitError(f"ONNX export needs the onnx package: pip install 'kit[onnx]' ({exc})") from None
+        raise KitError(f"ONNX export needs onnx and onnxscript: pip install 'kit[onnx]' ({exc})") from None
     return path
 
 
 def run_torchscript(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     """Probabilities of a batch `x` (N, C, H, W float32) from a TorchScript file."""
-    module = torch.jit.load(str(path), map_location="cpu")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning
+        )
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(torch.from_numpy(x)).numpy()
 

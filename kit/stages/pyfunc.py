@@ -40,7 +40,7 @@ def split_batch(model_input: Any) -> tuple[list[np.ndarray], bool]:
 # MLflow warns at class creation that predict has no type hints: kit's input (an image of any dtype and
 # layout, or a batch) has none to offer, and the signature below documents it instead.
 with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
     class KitPyfuncModel(mlflow.pyfunc.PythonModel):
         """A kit model folder (artifact `kit_model`) as a pyfunc model."""
