@@ -24,6 +24,7 @@ from kit.ensemble.model import IoUModel
 from kit.ensemble.selection import select_instances
 from kit.errors import ConfigError
 from kit.fileio import atomic_write_text
+from kit.inference.artifacts import quantize_probs
 from kit.inference.segmenter import MODEL_FILE, MODEL_FORMAT, Segmentation, Segmenter, read_model_info
 
 LIGHTGBM_DIR = "lightgbm"
@@ -55,7 +56,10 @@ class EnsembleSegmenter:
         sources = []
         for name, base in self.bases:
             seg = base.predict(image, details=True)
-            maps = dict(zip(seg.channels, seg.probs, strict=True)) if base.task == "semantic" else {}
+            # Re-splits run on the maps as predict runs store them, so this object and `kit ensemble`
+            # on stored predictions choose the same instances.
+            stored = quantize_probs(seg.probs).astype(np.float32) / 255
+            maps = dict(zip(seg.channels, stored, strict=True)) if base.task == "semantic" else {}
             sources.append(PredictionSource(name, base.postprocess, {_IMAGE: (seg.labels, maps, seg.scores)}))
         cands = image_candidates(_IMAGE, sources, self.split_thresholds)
         predicted = self.model.predict(candidate_features(cands, [n for n, _ in self.bases], self.radii))

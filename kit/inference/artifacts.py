@@ -2,7 +2,7 @@
 
 The layout a predict run writes (all paths relative to the run's artifact root):
 
-    probs/<id>.npz      float16 maps (K, H, W) under "probs" and their names under "channels", compressed
+    probs/<id>.npz      maps (K, H, W) under "probs" as uint8 (round(255·p)) and their names under "channels"
     labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
                         when an image has more than 65535 instances
     predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files; `estimated_score` is
@@ -18,6 +18,7 @@ files can be read without MLflow (e.g. from a downloaded artifact folder).
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -52,22 +53,39 @@ _PNG_MAX_LABEL = np.iinfo(np.uint16).max
 
 
 def write_probs(root: str | os.PathLike, image_id: str, probs: np.ndarray, channels: Sequence[str]) -> str:
-    """Save maps (K, H, W) as float16 under `root`/probs/<id>.npz; return the path relative to `root`."""
+    """Save maps (K, H, W) in [0, 1] under `root`/probs/<id>.npz; return the path relative to `root`.
+
+    Stored as uint8 (round(255·p), so within 0.002 of the map) in a zip at deflate level 1: a third of
+    float16's size and ~8× faster to write than `np.savez_compressed`, which matters on the predict path.
+    """
     probs = np.asarray(probs)
     if probs.ndim != 3 or probs.shape[0] != len(channels):
         raise ValueError(f"probs must be (K, H, W) with K = {len(channels)}, got {probs.shape}")
     rel = f"{PROBS_DIR}/{image_id}.npz"
-    with atomic_path(Path(root) / rel) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, probs=probs.astype(np.float16), channels=np.array(list(channels), dtype=str))
+    with (
+        atomic_path(Path(root) / rel) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z,
+    ):
+        with z.open("probs.npy", "w") as f:
+            np.lib.format.write_array(f, quantize_probs(probs))
+        with z.open("channels.npy", "w") as f:
+            np.lib.format.write_array(f, np.array(list(channels), dtype=str))
     return rel
+
+
+def quantize_probs(probs: np.ndarray) -> np.ndarray:
+    """Maps in [0, 1] as stored: uint8 round(255·p)."""
+    return np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def read_probs(path: str | os.PathLike) -> tuple[np.ndarray, tuple[str, ...]]:
     """(float32 maps (K, H, W), channel names) from a file written by `write_probs`."""
     try:
         with np.load(path) as data:
-            return data["probs"].astype(np.float32), tuple(str(c) for c in data["channels"])
-    except (OSError, KeyError, ValueError) as exc:
+            stored = data["probs"]
+            probs = stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored.astype(np.float32)
+            return probs, tuple(str(c) for c in data["channels"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a probability-map file ({exc})") from None
 
 
