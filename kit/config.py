@@ -134,9 +134,9 @@ class PostprocessConfig(_Section):
     """Probability maps → instances (marker-controlled watershed, `kit.inference.postprocess`).
 
     `min_area_fraction` drops instances smaller than that fraction of the image's median instance area.
-    `kit predict --oof` tunes the first six settings on the out-of-fold maps and stores them with the
-    train run; later predictions of that run use the tuned values when `tuned` is true (set it false to
-    use exactly the values given here).
+    `kit predict --oof` tunes the first six settings on the out-of-fold maps (for instance models: the
+    `instances` score threshold and size rule) and stores them with the train run; later predictions
+    of that run use the tuned values when `tuned` is true (set it false to use exactly the values given).
     """
 
     seed_threshold: float = Field(0.5, gt=0, lt=1)
@@ -154,13 +154,16 @@ class InstancesConfig(_Section):
 
     Candidates scoring ≥ `score_threshold` become instances (their mask > `mask_threshold`); overlapping
     pixels go to the nearest centroid or the higher score (`overlap`); instances under `min_size` pixels
-    are dropped. TTA copies and fold models are merged by mask voting: candidates matched at IoU >
+    are dropped, and so are those under `min_area_fraction` of the image's median instance area.
+    `kit predict --oof` tunes `score_threshold` and the size rule out of fold (`postprocess.tuned`).
+    TTA copies and fold models are merged by mask voting: candidates matched at IoU >
     `vote_iou`, kept when found in at least `min_vote_fraction` of the copies.
     """
 
     score_threshold: float = Field(0.5, ge=0, le=1)
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     min_size: int = Field(10, ge=0)
+    min_area_fraction: float = Field(0.0, ge=0, lt=1)
     overlap: Literal["centroid", "score"] = "centroid"
     vote_iou: float = Field(0.5, gt=0, lt=1)
     min_vote_fraction: float = Field(0.5, gt=0, le=1)

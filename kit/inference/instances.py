@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from kit.inference.postprocess import size_limit
 from kit.inference.tta import d4_inverse
 
 OVERLAP_RULES = ("centroid", "score")
@@ -230,14 +231,15 @@ def detections_to_labels(
     score_threshold: float = 0.5,
     mask_threshold: float = 0.5,
     min_size: int = 10,
+    min_area_fraction: float = 0.0,
     overlap: Literal["centroid", "score"] = "centroid",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels int32 (H, W), scores float32 (n,)): the candidates scoring ≥ `score_threshold` as instances.
 
     An instance is the pixels of its mask > `mask_threshold`. A pixel claimed by several instances goes
     to the one whose centroid (of its own mask) is nearest with `overlap="centroid"`, or to the highest
-    score with "score"; ties go to the higher score. Instances left with fewer than `min_size` pixels are
-    dropped. Labels run 1..n by descending score; label i has score `scores[i - 1]`.
+    score with "score"; ties go to the higher score. Instances left with fewer than `min_size` pixels, or
+    under `min_area_fraction` of the median area of the image's instances, are dropped. Labels run 1..n by descending score; label i has score `scores[i - 1]`.
     """
     if overlap not in OVERLAP_RULES:
         raise ValueError(f"overlap must be one of {OVERLAP_RULES}, got {overlap!r}")
@@ -260,7 +262,8 @@ def detections_to_labels(
         take = mask & (claim < region)
         region[take] = claim[take]
         owner[y0:y1, x0:x1][take] = rank
-    keep = np.bincount(owner.ravel(), minlength=len(order) + 1) >= max(min_size, 1)
+    areas = np.bincount(owner.ravel(), minlength=len(order) + 1)
+    keep = areas >= max(size_limit(areas, min_size, min_area_fraction), 1)
     keep[0] = False
     lut = np.zeros(keep.size, dtype=np.int32)
     lut[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.int32)

@@ -98,13 +98,17 @@ def drop_small(labels: np.ndarray, min_size: int, min_area_fraction: float = 0.0
     """Remove instances under `min_size` pixels, or under `min_area_fraction` × the median area of the
     image's instances (a size rule that follows the magnification), and relabel the rest 1..N in order."""
     areas = np.bincount(labels.ravel())
-    limit = float(min_size)
-    if min_area_fraction > 0 and areas.size > 1:
-        present = areas[1:][areas[1:] > 0]
-        if present.size:
-            limit = max(limit, min_area_fraction * float(np.median(present)))
-    keep = areas >= limit
+    keep = (areas >= size_limit(areas, min_size, min_area_fraction)) & (areas > 0)
     keep[0] = False
     lut = np.zeros(keep.size, dtype=np.int32)
     lut[keep] = np.arange(1, np.count_nonzero(keep) + 1, dtype=np.int32)
     return lut[labels]
+
+
+def size_limit(areas: np.ndarray, min_size: int, min_area_fraction: float) -> float:
+    """The smallest area kept: `min_size`, or `min_area_fraction` × the median of `areas` (pixel counts
+    per label id, index 0 = background, zeros = absent ids) when that is larger."""
+    present = areas[1:][areas[1:] > 0]
+    if min_area_fraction > 0 and present.size:
+        return max(float(min_size), min_area_fraction * float(np.median(present)))
+    return float(min_size)

@@ -120,7 +120,8 @@ def build_segmenter(
 ) -> SemanticSegmenter | InstanceSegmenter:
     """A segmenter over `models` (all of one task) with the inference and post-processing settings of
     `cfg`. `mode` is the loss mode semantic models trained with (default `cfg.training.loss.mode`);
-    `postprocess` replaces `cfg.postprocess` for semantic models (e.g. tuned values)."""
+    `postprocess` replaces the post-processing settings (`cfg.postprocess` for semantic models,
+    `instance_settings(cfg)` for instance models), e.g. with values tuned out of fold."""
     tasks = {model_task(m) for m in models}
     if len(tasks) != 1:
         raise ConfigError(f"cannot combine models of different tasks {sorted(tasks)}")
@@ -142,8 +143,7 @@ def build_segmenter(
             vote_iou=ins.vote_iou,
             min_vote_fraction=ins.min_vote_fraction,
         )
-        kwargs = ins.model_dump(include={"score_threshold", "mask_threshold", "min_size", "overlap"})
-        return InstanceSegmenter(predictor, kwargs)
+        return InstanceSegmenter(predictor, postprocess or instance_settings(cfg))
     predictor = Predictor(
         models,
         mode=mode or cfg.training.loss.mode,
@@ -156,6 +156,20 @@ def build_segmenter(
         amp=amp,
     )
     return SemanticSegmenter(predictor, postprocess or cfg.postprocess.model_dump(exclude={"tuned"}))
+
+
+def instance_settings(cfg: ExperimentConfig) -> dict:
+    """The `detections_to_labels` settings of `cfg.instances`."""
+    keys = {"score_threshold", "mask_threshold", "min_size", "min_area_fraction", "overlap"}
+    return cfg.instances.model_dump(include=keys)
+
+
+def postprocess_settings(cfg: ExperimentConfig, task: str) -> dict:
+    """The post-processing settings of a model of `task`: the watershed's (`cfg.postprocess`) for
+    semantic models, `instance_settings` for instance models."""
+    if task == "instance":
+        return instance_settings(cfg)
+    return cfg.postprocess.model_dump(exclude={"tuned"})
 
 
 class Segmenter:
@@ -186,7 +200,8 @@ class Segmenter:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.models = [m.to(self.device).eval() for m in models]
         self.tta = tta or config.inference.tta
-        self.postprocess = {**config.postprocess.model_dump(exclude={"tuned"}), **(postprocess or {})}
+        self.task: str = models[0].kit_cfg["task"]
+        self.postprocess = {**postprocess_settings(config, self.task), **(postprocess or {})}
         self.core = build_segmenter(
             self.models,
             config,
@@ -195,7 +210,6 @@ class Segmenter:
             postprocess=self.postprocess,
         )
         self.in_channels: int = self.core.in_channels
-        self.task: str = models[0].kit_cfg["task"]
 
     @classmethod
     def from_checkpoints(

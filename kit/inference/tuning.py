@@ -109,3 +109,43 @@ def tune_postprocess(
                 consider({**base, keys[0]: a, keys[1]: b})
     params = {k: best[k] for k in TUNED_KEYS}
     return TuneResult(params, best_score, start_score, pd.DataFrame(trials).drop_duplicates())
+
+
+INSTANCE_KEYS = ("score_threshold", *SIZE_KEYS)
+INSTANCE_SCORE_GRID: tuple[float, ...] = tuple(float(t) for t in np.round(np.arange(0.3, 0.951, 0.05), 2))
+
+InstanceItem = tuple[np.ndarray, np.ndarray, np.ndarray]  # labels, score of label i at i − 1, truth labels
+
+
+def tune_instances(
+    items: Sequence[InstanceItem], start: Mapping, grid: Mapping[str, Sequence] | None = None
+) -> TuneResult:
+    """Best detection score threshold and size rule of an instance model (Mask R-CNN) on out-of-fold
+    predictions made at `start["score_threshold"]`: only stricter thresholds can be tried, by dropping
+    the instances scored below them (the pixels they won from an overlapping detection stay empty, a
+    close approximation of re-running `detections_to_labels`). Ties keep the earlier setting."""
+    if not items:
+        raise ValueError("tuning needs at least one image with truth")
+    grid = {**DEFAULT_GRID, "score_threshold": INSTANCE_SCORE_GRID, **(grid or {})}
+    base = float(start["score_threshold"])
+    thresholds = [base, *sorted(t for t in grid["score_threshold"] if t > base)]
+    sizes = [(int(start["min_size"]), float(start.get("min_area_fraction", 0.0)))]
+    sizes += [(int(a), float(f)) for a in grid["min_size"] for f in grid["min_area_fraction"]]
+    totals = np.zeros((len(thresholds), len(sizes)))
+    for labels, scores, truth in items:
+        for i, t in enumerate(thresholds):
+            keep = np.concatenate([[False], np.asarray(scores) >= t])
+            kept = np.where(keep[labels], labels, 0)
+            for j, (size, fraction) in enumerate(sizes):
+                totals[i, j] += dsb_score(truth, drop_small(kept, size, fraction))
+    means = totals / len(items)
+    trials = pd.DataFrame(
+        [
+            {"score_threshold": t, "min_size": s, "min_area_fraction": f, "score": means[i, j]}
+            for i, t in enumerate(thresholds)
+            for j, (s, f) in enumerate(sizes)
+        ]
+    )
+    i, j = np.unravel_index(int(np.argmax(means)), means.shape)  # first maximum: the start on ties
+    best = {"score_threshold": thresholds[i], "min_size": sizes[j][0], "min_area_fraction": sizes[j][1]}
+    return TuneResult(best, float(means[i, j]), float(means[0, 0]), trials)

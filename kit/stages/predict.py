@@ -46,8 +46,9 @@ from kit.inference.artifacts import (
     read_predicted_labels,
     read_probs,
 )
-from kit.inference.segmenter import Segmenter
+from kit.inference.segmenter import Segmenter, postprocess_settings
 from kit.inference.tta import check_tta
+from kit.models import task_of
 from kit.tracking.schema import (
     CONFIG_FILE,
     TUNED_POSTPROCESS_FILE,
@@ -117,8 +118,9 @@ def predict_experiment(
     train = find_train_run(experiment, train_run_id)
     folds = fold_models(train)
     kind, groups, dataset = _plan(cfg, train, folds, split=split, oof=oof, input_dir=input_dir)
+    task = task_of(cfg.model.name)
     tuned = tuned_postprocess(train) if cfg.postprocess.tuned and kind != "oof" else None
-    postprocess = {**cfg.postprocess.model_dump(exclude={"tuned"}), **(tuned or {}).get("params", {})}
+    postprocess = {**postprocess_settings(cfg, task), **(tuned or {}).get("params", {})}
     inf = cfg.inference
     params = {
         "tta": tta,
@@ -138,8 +140,8 @@ def predict_experiment(
             _fold_groups(groups, cfg, postprocess, tta, device), root, progress
         )
         tuning = None
-        if kind == "oof" and cfg.postprocess.tuned and _semantic(index, root):
-            tuning = _tune_on_oof(root, index, dataset, postprocess)
+        if kind == "oof" and cfg.postprocess.tuned and not index.empty:
+            tuning = _tune_on_oof(root, index, instances, dataset, postprocess, task)
             postprocess, instances = tuning["params_used"], tuning.pop("instances")
         params.update({f"postprocess.{k}": v for k, v in postprocess.items()})
         atomic_write_text(root / POSTPROCESS_FILE, json.dumps(postprocess, indent=2))
@@ -456,26 +458,31 @@ def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(INSTANCE_COLUMNS))
 
 
-def _semantic(index: pd.DataFrame, root: Path) -> bool:
-    """Whether the predictions under `root` hold semantic maps (a "body" channel) to re-segment."""
-    return not index.empty and "body" in read_probs(root / index["probs"].iloc[0])[1]
-
-
-def _tune_on_oof(root: Path, index: pd.DataFrame, dataset: NucleiDataset, start: dict) -> dict:
-    """Tune the watershed on the out-of-fold maps under `root` and rewrite every label image (and the
-    index's instance counts) with the best settings. Returns params_used, instances (the new table),
-    metrics and the record to store with the train run."""
-    from kit.inference.postprocess import instances_from_probs
+def _tune_on_oof(
+    root: Path, index: pd.DataFrame, instances: pd.DataFrame, dataset: NucleiDataset, start: dict, task: str
+) -> dict:
+    """Tune the post-processing on the out-of-fold predictions under `root` (semantic models: the
+    watershed on the stored maps; instance models: the score threshold and size rule on the label images)
+    and rewrite every label image (and the index's instance counts) with the best settings. Returns
+    params_used, instances (the new table), metrics and the record to store with the train run."""
+    from kit.inference.artifacts import read_labels
+    from kit.inference.postprocess import drop_small, instances_from_probs
     from kit.inference.segmenter import Segmentation
-    from kit.inference.tuning import tune_postprocess
+    from kit.inference.tuning import tune_instances, tune_postprocess
 
     maps = {row.image_id: read_probs(root / row.probs) for row in index.itertuples(index=False)}
-    items = [(probs, channels, np.asarray(dataset.load(i).labels)) for i, (probs, channels) in maps.items()]
-    result = tune_postprocess(items, start)
+    truth = {i: np.asarray(dataset.load(i).labels) for i in maps}
+    if task == "semantic":
+        result = tune_postprocess([(p, c, truth[i]) for i, (p, c) in maps.items()], start)
+    else:
+        by_image = {i: g.sort_values("label") for i, g in instances.groupby("image_id")}
+        predicted = {row.image_id: read_labels(root / row.labels) for row in index.itertuples(index=False)}
+        scores = {i: _label_scores(by_image.get(i), int(lab.max(initial=0))) for i, lab in predicted.items()}
+        result = tune_instances([(predicted[i], scores[i], truth[i]) for i in maps], start)
     params = {**start, **result.params}
     log.info(
         "post-processing tuned on %d OOF images: %.4f -> %.4f %s",
-        len(items),
+        len(maps),
         result.start_score,
         result.score,
         result.params,
@@ -484,7 +491,16 @@ def _tune_on_oof(root: Path, index: pd.DataFrame, dataset: NucleiDataset, start:
     with ArtifactWriter(root) as writer:
         for k, row in enumerate(index.itertuples(index=False)):
             probs, channels = maps[row.image_id]
-            seg = Segmentation(instances_from_probs(probs, channels, **params), probs, channels)
+            if task == "semantic":
+                seg = Segmentation(instances_from_probs(probs, channels, **params), probs, channels)
+            else:
+                old, old_scores = predicted[row.image_id], scores[row.image_id]
+                keep = np.concatenate([[False], old_scores >= params["score_threshold"]])
+                labels = drop_small(
+                    np.where(keep[old], old, 0), params["min_size"], params["min_area_fraction"]
+                )
+                kept_ids = np.unique(old[labels > 0]) if labels.any() else np.zeros(0, dtype=int)
+                seg = Segmentation(labels, probs, channels, old_scores[kept_ids - 1])
             writer.labels(row.image_id, seg.labels)
             index.loc[k, "n_instances"] = int(seg.labels.max(initial=0))
             tables.append(_instance_table(row.image_id, row.folds, seg.instances()))
@@ -497,6 +513,14 @@ def _tune_on_oof(root: Path, index: pd.DataFrame, dataset: NucleiDataset, start:
             "params": result.params,
             "score": result.score,
             "start_score": result.start_score,
-            "n_images": len(items),
+            "n_images": len(maps),
         },
     }
+
+
+def _label_scores(table: pd.DataFrame | None, n: int) -> np.ndarray:
+    """The detection score of labels 1..n (index i − 1) from an image's rows of instances.csv."""
+    scores = np.zeros(n, dtype=np.float64)
+    if table is not None and len(table):
+        scores[table["label"].to_numpy() - 1] = table["score"].to_numpy(dtype=float)
+    return scores
