@@ -133,6 +133,12 @@ def evaluate_command(
         Path | None,
         typer.Option("--out", "-o", help="Report folder. Default: outputs/evaluate/<exp>-<kind>/."),
     ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by", help="Break the score down by a manifest column, e.g. style (the style cluster)."
+        ),
+    ] = None,
     overrides: OverridesOption = None,
 ) -> None:
     """Score a predict run against the truth: DSB mAP, error taxonomy, plots, worst-image overlays (an MLflow run)."""
@@ -148,6 +154,7 @@ def evaluate_command(
         compare=others,
         out=out,
         progress=True,
+        by=by,
         command=f"evaluate --exp {exp}",
     )
     print_summary(
@@ -156,6 +163,12 @@ def evaluate_command(
     )
     if outcome.comparison is not None:
         print_frame(outcome.comparison, title=f"comparison ({kind.value})", float_format="{:.4f}")
+    if outcome.breakdown is not None:
+        print_frame(
+            outcome.breakdown,
+            title=f"by {by} ({kind.value}; train_images 0 = never trained on)",
+            float_format="{:.3f}",
+        )
     console.print(
         f"report: {outcome.out_dir}/ ({len(outcome.files)} files); MLflow evaluate run {outcome.run_id[:8]}"
     )

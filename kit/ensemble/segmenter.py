@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kit.ensemble.candidates import PredictionSource, image_candidates
+from kit.ensemble.domain import CalibrationDomain, median_area
 from kit.ensemble.estimate import ScoreEstimator
 from kit.ensemble.features import candidate_features
 from kit.ensemble.model import IoUModel
@@ -47,6 +48,7 @@ class EnsembleSegmenter:
         self.threshold = float(meta.get("threshold", 0.3))
         self.nms_overlap = float(meta.get("nms_overlap", 0.3))
         self.estimator = ScoreEstimator.from_dict(meta["estimator"]) if "estimator" in meta else None
+        self.domain = CalibrationDomain.from_dict(meta["domain"]) if "domain" in meta else None
 
     def predict(self, image, *, details: bool = False):
         """Instance labels (int32 H×W) of a raw image, or a list for a list; with `details` a `Segmentation`
@@ -71,8 +73,9 @@ class EnsembleSegmenter:
         scores = np.zeros(int(labels.max(initial=0)), dtype=np.float32)
         scores[kept["label"].to_numpy() - 1] = kept["predicted_iou"].to_numpy()
         estimated = self.estimator.image_score(kept["predicted_iou"].to_numpy()) if self.estimator else np.nan
+        flag = self.domain.check(image, median_area(labels))[0] if self.domain else ""
         empty = np.zeros((0, *labels.shape), dtype=np.float32)
-        return Segmentation(labels, empty, (), scores, float(estimated))
+        return Segmentation(labels, empty, (), scores, float(estimated), flag)
 
     __call__ = predict
 

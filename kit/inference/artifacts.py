@@ -6,7 +6,8 @@ The layout a predict run writes (all paths relative to the run's artifact root):
     labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
                         when an image has more than 65535 instances
     predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files; `estimated_score` is
-                        the ensemble's estimate of the image's DSB score (empty for other models)
+                        the ensemble's estimate of the image's DSB score and `estimate_flag` whether the image is
+                        within what that estimate was calibrated on ("ok") or why not (empty for other models)
     instances.csv       one row per instance (`INSTANCE_COLUMNS`: area, mean foreground probability,
                         `score` = detection score of instance models, empty for semantic ones)
     postprocess.json    the post-processing settings that made the label images
@@ -46,6 +47,7 @@ INDEX_COLUMNS = (
     "source",
     "seconds",
     "estimated_score",
+    "estimate_flag",
 )
 INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_prob", "folds", "score")
 POSTPROCESS_FILE = "postprocess.json"

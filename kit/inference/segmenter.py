@@ -47,7 +47,8 @@ class Segmentation:
     labels: int32 (H, W), 0 = background, 1..N; probs: float32 (K, H, W) maps named by `channels`
     (semantic: the network's channels; instance: "mask", the highest score × mask probability per pixel);
     scores: float32 (N,), the detection score of label i at index i − 1 (instance models; the predicted
-    IoU for the ensemble); estimated_score: the ensemble's estimate of the image's DSB score (else NaN).
+    IoU for the ensemble); estimated_score: the ensemble's estimate of the image's DSB score (else NaN),
+    estimate_flag: "ok" when the image is like those the estimate was calibrated on, else why not.
     """
 
     labels: np.ndarray
@@ -55,6 +56,7 @@ class Segmentation:
     channels: tuple[str, ...]
     scores: np.ndarray | None = None
     estimated_score: float = float("nan")
+    estimate_flag: str = ""
 
     def foreground(self) -> np.ndarray | None:
         """The map instance tables average inside each instance: "body", else "mask", else None."""

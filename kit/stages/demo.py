@@ -146,7 +146,7 @@ def run_demo(
     announce(f"{next(stage)}/{n_stages} evaluate every model on the test split")
     rows = []
     for cfg in (*bases, ensemble_cfg):
-        summary = evaluate_experiment(cfg, kind="test", n_worst=2, command="demo").evaluation.summary
+        summary = evaluate_experiment(cfg, kind="test", n_worst=2, by="style", command="demo").evaluation.summary
         lo, hi = summary["map_ci95"]
         rows.append(
             _row(cfg.name, summary["map"], f"{lo:.3f}–{hi:.3f}", summary["f1_avg"], summary["n_pred"])
@@ -159,7 +159,9 @@ def run_demo(
     )
     index = ensemble.apply_index
     estimated = float(index["estimated_score"].mean()) if index is not None else float("nan")
-    rows.append(_row("ensemble, estimated without truth", estimated, "", float("nan"), ""))
+    outside = int((index["estimate_flag"] != "ok").sum()) if index is not None else 0
+    note = f"{outside} image(s) out of calibration" if outside else "all images within calibration"
+    rows.append(_row("ensemble, estimated without truth", estimated, note, float("nan"), ""))
     return DemoResult(pd.DataFrame(rows), submitted.path, time.perf_counter() - started, runs)
 
 

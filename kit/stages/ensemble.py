@@ -38,13 +38,14 @@ from kit import tracking
 from kit.config import APPLY_KINDS, EnsembleConfig, ExperimentConfig
 from kit.data.dataset import open_dataset
 from kit.ensemble.candidates import Candidates, SourceRun, image_candidates
+from kit.ensemble.domain import IN_CALIBRATION, CalibrationDomain, median_area
 from kit.ensemble.estimate import ScoreEstimator, agreement
 from kit.ensemble.features import candidate_features, feature_names
 from kit.ensemble.model import IoUModel, fit_bagged
 from kit.ensemble.selection import best_threshold, restrict, select_instances, threshold_scores
 from kit.ensemble.target import best_truth_iou, iou_target
 from kit.errors import ConfigError, DataError
-from kit.fileio import atomic_write_text
+from kit.fileio import atomic_write_text, read_image
 from kit.inference.artifacts import INDEX_COLUMNS, INSTANCE_COLUMNS, write_labels
 from kit.metrics import dsb_score, iou_matrix
 from kit.stages.predict import record_predict_run
@@ -85,6 +86,7 @@ class _Image:
     kept: pd.DataFrame
     estimated: float
     seconds: float
+    flag: str = ""
 
 
 def ensemble_experiment(
@@ -163,6 +165,9 @@ def ensemble_experiment(
             "threshold": threshold,
             "nms_overlap": ens.nms_overlap,
             "estimator": estimator.to_dict(),
+            "domain": CalibrationDomain.fit(
+                [dataset.load(i).image for i in ids], [median_area(image.labels) for image in images]
+            ).to_dict(),
         }
         oof_numbers = agreement(per_image["score"].to_numpy(), per_image["estimated_score"].to_numpy())
         source_maps = {s: float(per_image[f"score_{s}"].mean()) for s in names}
@@ -205,6 +210,9 @@ def ensemble_experiment(
             _log_ensemble_model(run.info.run_id, model, oof_sources)
         if apply_sources:
             applied = _apply(model, apply_sources, ens, estimator, threshold, progress)
+            mlflow.log_metric(
+                f"{kind}_images_out_of_calibration", sum(a.flag != IN_CALIBRATION for a in applied)
+            )
             outcome.apply_kind = kind
             outcome.apply_run_id, outcome.apply_index = _log_predictions(
                 cfg, run.info.run_id, kind, apply_sources, applied, tmp / kind, command
@@ -386,6 +394,7 @@ def _apply(
     from tqdm.auto import tqdm
 
     names = [s.name for s in sources]
+    domain = CalibrationDomain.from_dict(model.metadata["domain"])
     images = []
     for image_id in tqdm(
         _common_ids(sources, "apply"), desc="ensemble: apply", unit="image", disable=not progress
@@ -398,7 +407,8 @@ def _apply(
         )
         kept = kept.join(cands.table[["source", "split_level"]].reset_index(drop=True), on="candidate")
         estimated = estimator.image_score(kept["predicted_iou"].to_numpy())
-        images.append(_Image(image_id, labels, kept, estimated, time.perf_counter() - started))
+        flag, _ = domain.check(read_image(sources[0].index.loc[image_id, "source"]), median_area(labels))
+        images.append(_Image(image_id, labels, kept, estimated, time.perf_counter() - started, flag))
     return images
 
 
@@ -477,6 +487,7 @@ def _log_predictions(
                 "source": meta["source"],
                 "seconds": image.seconds,
                 "estimated_score": image.estimated,
+                "estimate_flag": image.flag,
             }
         )
         kept = image.kept

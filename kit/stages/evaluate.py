@@ -44,6 +44,7 @@ class EvaluateOutcome:
     files: list[Path]
     run_id: str | None = None
     comparison: pd.DataFrame | None = None
+    breakdown: pd.DataFrame | None = None
 
 
 class _DatasetImages(Mapping):
@@ -91,12 +92,15 @@ def evaluate_experiment(
     n_bootstrap: int = 1000,
     track: bool = True,
     progress: bool = False,
+    by: str | None = None,
     command: str = "evaluate",
 ) -> EvaluateOutcome:
     """Evaluate the newest predict run of `kind` (or `predict_run_id`); see the module docstring.
 
     `compare`: further experiments whose newest predict run of `kind` is evaluated too and drawn as one
     curve each on `compare_ap_vs_iou.png`, with a row each in `compare.csv` (this experiment first).
+    `by`: a manifest column (e.g. "style", the image-style cluster) to break the score down by, written
+    to `by_<column>.csv` (one row per value: images, mAP and its bootstrap 95 % interval).
     """
 
     run, dataset, truth, predicted = predicted_pairs(cfg, kind, predict_run_id)
@@ -117,9 +121,39 @@ def evaluate_experiment(
     if compare:
         outcome.comparison = _compare(cfg, evaluation, run, compare, kind, out)
         files.extend([out / "compare.csv", out / "compare_ap_vs_iou.png"])
+    if by is not None:
+        outcome.breakdown = breakdown(evaluation.per_image, dataset.manifest, by, n_bootstrap)
+        files.append(atomic_write_text(out / f"by_{by}.csv", outcome.breakdown.to_csv(index=False)))
     if track:
         outcome.run_id = _log_evaluation(cfg, run, kind, outcome, command)
     return outcome
+
+
+def breakdown(
+    per_image: pd.DataFrame, manifest: pd.DataFrame, column: str, n_bootstrap: int = 1000
+) -> pd.DataFrame:
+    """Per value of manifest `column` (e.g. "style"): images, mean DSB score (mAP) and its bootstrap 95 %
+    interval, and the images of that value in the training split (0 marks a value never trained on)."""
+    from kit.metrics.evaluation import bootstrap_ci
+
+    if column not in manifest.columns:
+        raise DataError(f"the manifest has no column {column!r}; choose one of {', '.join(manifest.columns)}")
+    values = manifest.set_index("id")[column]
+    scores = per_image.assign(value=per_image["image_id"].map(values))
+    rows = []
+    for value, group in scores.groupby("value", sort=True):
+        lo_hi = bootstrap_ci(group["score"].to_numpy(), n_bootstrap) or [np.nan, np.nan]
+        rows.append(
+            {
+                column: value,
+                "images": len(group),
+                "map": float(group["score"].mean()),
+                "ci_low": lo_hi[0],
+                "ci_high": lo_hi[1],
+                "train_images": int(((manifest[column] == value) & (manifest["split"] == "train")).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _compare(

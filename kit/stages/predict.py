@@ -436,6 +436,7 @@ def _predict_groups(groups: list[_Group], root: Path, progress: bool) -> tuple[p
                         "source": job.source,
                         "seconds": time.perf_counter() - started,
                         "estimated_score": seg.estimated_score,
+                        "estimate_flag": seg.estimate_flag,
                     }
                 )
                 tables.append(_instance_table(job.image_id, group.folds, seg.instances()))
