@@ -56,7 +56,9 @@ def main() -> None:
         root = Path(tmp)
         os.chdir(root)
         folder = root / "input"
-        samples = generate_synthetic(args.n, 0, size=(args.size, args.size), styles=("fluorescence",), test_fraction=0)
+        samples = generate_synthetic(
+            args.n, 0, size=(args.size, args.size), styles=("fluorescence",), test_fraction=0
+        )
         for k, sample in enumerate(samples):
             image = sample.image if sample.image.ndim == 2 else sample.image[..., 0]
             grey = image.astype(np.uint16) * 200  # 16-bit, like mnfinder's raw files
@@ -80,7 +82,9 @@ def main() -> None:
             "read": per_image(lambda: [read_image(f) for f in files]),
             "normalise": per_image(lambda: [normalize_image(im, model.in_channels) for im in images]),
             "network": per_image(lambda: [model.core.predictor.predict_probs(x) for x in normalised]),
-            "post-process": per_image(lambda: [instances_from_probs(p, channels, **model.postprocess) for p in probs]),
+            "post-process": per_image(
+                lambda: [instances_from_probs(p, channels, **model.postprocess) for p in probs]
+            ),
             "write": per_image(
                 lambda: [
                     (write_probs(root / "w", f"i{k}", p, channels), write_labels(root / "w", f"i{k}", lab))

@@ -27,5 +27,5 @@ def test_breakdown_by_style_means_and_training_counts() -> None:
 
 def test_breakdown_by_an_unknown_column_names_the_choices() -> None:
     manifest = pd.DataFrame({"id": ["a"], "split": ["test"], "style": [0]})
-    with pytest.raises(DataError, match="no column 'stain'.*style"):
+    with pytest.raises(DataError, match=r"no column 'stain'.*style"):
         breakdown(pd.DataFrame({"image_id": ["a"], "score": [1.0]}), manifest, "stain")

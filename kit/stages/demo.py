@@ -146,7 +146,9 @@ def run_demo(
     announce(f"{next(stage)}/{n_stages} evaluate every model on the test split")
     rows = []
     for cfg in (*bases, ensemble_cfg):
-        summary = evaluate_experiment(cfg, kind="test", n_worst=2, by="style", command="demo").evaluation.summary
+        summary = evaluate_experiment(
+            cfg, kind="test", n_worst=2, by="style", command="demo"
+        ).evaluation.summary
         lo, hi = summary["map_ci95"]
         rows.append(
             _row(cfg.name, summary["map"], f"{lo:.3f}–{hi:.3f}", summary["f1_avg"], summary["n_pred"])
