@@ -19,10 +19,10 @@ from kit.metrics import (
     image_metrics,
     iou_matrix,
     label_overlap,
-    label_overlap_reference,
     precision_at,
 )
 from kit.metrics.evaluation import PER_IMAGE_COLUMNS
+from kit.metrics.overlap import label_overlap_reference
 
 # ---------------------------------------------------------------- slow, independent reference
 
@@ -128,6 +128,13 @@ def test_label_overlap_random_against_reference() -> None:
         truth, pred = random_pair(rng)
         for got, want in zip(label_overlap(truth, pred), label_overlap_reference(truth, pred), strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_reference_overlap_is_not_exported() -> None:
+    import kit.metrics
+
+    assert "label_overlap_reference" not in kit.metrics.__all__
+    assert not hasattr(kit.metrics, "label_overlap_reference")
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,13 @@ import torch
 from kit.data.normalize import normalize_image
 from kit.data.synthetic import generate_synthetic
 from kit.errors import ConfigError, DataError
+from kit.models import create_model, load_checkpoint, save_checkpoint
 from kit.style.layouts import LayoutSampler, condition_image, dihedral, nucleus_groups
 from kit.style.pix2pix import (
     Generator,
     PatchDiscriminator,
     Pix2PixConfig,
+    create_generator,
     load_generator,
     render,
     save_generator,
@@ -153,6 +155,20 @@ def test_generator_checkpoint_round_trip(fitted, tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a kit pix2pix generator"):
         load_generator(tmp_path / "bad.pt")
+
+
+def test_generator_checkpoint_is_a_kit_checkpoint(fitted, tmp_path: Path) -> None:
+    """One checkpoint format: a generator file is a `kit.models.checkpoint` file, and a segmentation
+    model's checkpoint is not taken for a generator."""
+    result = fitted[0]
+    path = save_generator(result.generator, result.config, tmp_path / "g.pt", style=2)
+    generator, config, extra = load_checkpoint(path, create=create_generator)
+    assert isinstance(generator, Generator) and not generator.training
+    assert Pix2PixConfig(**config) == result.config and extra == {"style": 2}
+    unet = create_model("unet", encoder="test_resnet", decoder_channels=(16, 16, 16, 16, 16))
+    other = save_checkpoint(tmp_path / "unet.pt", unet, {})
+    with pytest.raises(DataError, match=r"not a kit pix2pix generator.*holds model 'unet'"):
+        load_generator(other)
 
 
 def test_config_and_inputs_are_checked() -> None:

@@ -8,14 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kit.submission import (
-    decode_labels,
+from kit.submission import decode_labels, decode_rle, encode_labels, encode_mask
+from kit.submission.rle import (
     decode_labels_reference,
-    decode_rle,
     decode_rle_reference,
-    encode_labels,
     encode_labels_reference,
-    encode_mask,
+    first_run_problems,
+    paint_runs,
+    parse_rle_values,
 )
 
 INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
@@ -199,6 +199,33 @@ def test_decode_labels_names_malformed_index():
         decode_labels(["1 1", "", "0 1"], (3, 2))
     with pytest.raises(ValueError, match=r"rles\[1\]: odd number"):
         decode_labels(["1 1", "2"], (3, 2))
+
+
+def test_run_pieces_check_paint_and_report_clashes():
+    values = parse_rle_values(" 1 3  5 1 ")
+    assert values.tolist() == [1, 3, 5, 1] and parse_rle_values("").size == 0
+    starts = np.array([1, 5, 2, 4], np.int64)
+    lengths = np.array([3, 1, 1, 4], np.int64)
+    groups = np.array([0, 0, 1, 2], np.int64)
+    assert first_run_problems(starts, lengths, groups, 6) == {
+        2: "pixel pair 1 (start 4, length 4) runs past pixel 6, the last of the image"
+    }
+    out = np.zeros((3, 2), np.int32)
+    assert paint_runs(starts[:3], lengths[:3], np.array([1, 1, 2], np.int32), out) == (2, 1, 2)
+    np.testing.assert_array_equal(out, [[1, 0], [1, 1], [1, 0]])
+    with pytest.raises(ValueError, match="stay inside"):
+        paint_runs(starts, lengths, np.ones(4, np.int32), np.zeros((3, 2), np.int32))
+    with pytest.raises(ValueError, match="out's dtype"):
+        paint_runs(starts[:1], lengths[:1], np.ones(1, np.int64), np.zeros((3, 2), np.int32))
+
+
+def test_reference_implementations_are_not_exported():
+    import kit.submission
+    import kit.submission.rle
+
+    for module in (kit.submission, kit.submission.rle):
+        assert not [name for name in module.__all__ if name.endswith("_reference")]
+    assert not hasattr(kit.submission, "encode_labels_reference")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -2,17 +2,12 @@
 
 Label convention everywhere: H×W integer image, 0 = background, ids need not be sequential, objects
 never overlap. Every threshold is strict: a hit is IoU > t (the DSB rule, unlike StarDist/Cellpose >=).
+The plain reference of the overlap kernel (a test oracle) stays in `kit.metrics.overlap`, not exported.
 """
 
 from kit.metrics.dsb import THRESHOLDS, dsb_precisions, dsb_score, hits_at, precision_at
 from kit.metrics.evaluation import Evaluation, bootstrap_ci, evaluate, image_metrics, summarize
-from kit.metrics.overlap import (
-    IoUMatrix,
-    check_label_image,
-    iou_matrix,
-    label_overlap,
-    label_overlap_reference,
-)
+from kit.metrics.overlap import IoUMatrix, check_label_image, iou_matrix, label_overlap
 from kit.metrics.overlay import save_overlay, tp_fp_fn_overlay
 from kit.metrics.plots import plot_ap_curves, plot_error_bars
 from kit.metrics.taxonomy import (
@@ -40,7 +35,6 @@ __all__ = [
     "image_metrics",
     "iou_matrix",
     "label_overlap",
-    "label_overlap_reference",
     "missed_by_size",
     "plot_ap_curves",
     "plot_error_bars",

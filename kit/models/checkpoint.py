@@ -1,12 +1,17 @@
-"""Checkpoints that rebuild their model from the registry, with no training code.
+"""Checkpoints that rebuild their model from the registry, with no training code: kit's one format.
 
 A checkpoint is a `torch.save`d dict: {"format", "state_dict", "model_name", "model_kwargs", "config",
 "extra"}. It holds only tensors and plain Python values, so it loads with `weights_only=True`.
+
+Segmentation models come from the registry (`kit.models.registry.create_model`), which rebuilds them. A
+model built outside it, such as the pix2pix generator of `kit.style.pix2pix`, uses the same format: it
+carries its own ``kit_cfg`` (``model_name``, ``model_kwargs``) and is loaded with its own ``create``.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,8 @@ def save_checkpoint(
 ) -> Path:
     """Write `model`'s weights, how to rebuild it, the resolved `config` and `extra` to `path` atomically.
 
-    `model` must come from a registered builder (it carries `kit_cfg["model_name"]`). `config` and
+    `model` must come from a registered builder, or carry `kit_cfg["model_name"]` and
+    `kit_cfg["model_kwargs"]` the way registered models do (see the module doc). `config` and
     `extra` must hold plain values (dict, list, tuple, str, int, float, bool, None, tensors).
     The encoder's `pretrained` argument is not stored: the weights are in the checkpoint.
     """
@@ -60,11 +66,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    create: Callable[..., nn.Module] = create_model,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Rebuild the model saved at `path` (in eval mode) and return (model, config, extra).
 
-    Raises `KitError` naming the file when it is missing, unreadable or not a kit checkpoint.
+    `create(model_name, **model_kwargs)` rebuilds the model: the registry's `create_model` unless the
+    checkpoint holds a model built outside the registry. Raises `KitError` naming the file when it is
+    missing, unreadable or not a kit checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,7 +87,7 @@ def load_checkpoint(
         raise KitError(f"cannot read checkpoint {path}: not a kit checkpoint ({reason})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise KitError(f"{path} is not a kit checkpoint (expected format {FORMAT!r})")
-    model = create_model(payload["model_name"], **payload["model_kwargs"])
+    model = create(payload["model_name"], **payload["model_kwargs"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -10,12 +10,17 @@
 GroupNorm replaces pix2pix's BatchNorm, so a generator behaves the same in train and eval mode and
 for any batch size. Images are normalised with `kit.data.normalize.normalize_image` before training,
 as every kit model input is; `render` returns such a uint8 image.
+
+A generator is saved in kit's one checkpoint format (`kit.models.checkpoint`): `save_generator` and
+`load_generator` are `save_checkpoint` / `load_checkpoint` with the fit's `Pix2PixConfig` as config and
+the caller's metadata as extra. The generator is not in the model registry, whose models are
+segmentation models (a task, target channels, an encoder); it carries the same ``kit_cfg`` and rebuilds
+through its own `create_generator`.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +31,13 @@ import torch
 from torch import nn
 
 from kit.data.torch_dataset import random_crop
-from kit.errors import ConfigError, DataError
-from kit.fileio import atomic_path
+from kit.errors import ConfigError, DataError, KitError
+from kit.models.checkpoint import load_checkpoint, save_checkpoint
 from kit.style.layouts import condition_image, dihedral
 from kit.visualize import save_png
 
 CONDITION_CHANNELS = 3
+GENERATOR_NAME = "pix2pix_generator"  # `model_name` of a generator checkpoint
 
 
 @dataclass
@@ -69,6 +75,10 @@ class Generator(nn.Module):
 
     def __init__(self, out_channels: int = 1, base_channels: int = 32, depth: int = 5) -> None:
         super().__init__()
+        self.kit_cfg = {
+            "model_name": GENERATOR_NAME,
+            "model_kwargs": {"out_channels": out_channels, "base_channels": base_channels, "depth": depth},
+        }
         widths = [base_channels * min(2**i, 8) for i in range(depth)]
         self.multiple = 2**depth
         self.down = nn.ModuleList()
@@ -263,11 +273,21 @@ def sample_grid(
     return save_png(path, np.concatenate(rows, axis=0))
 
 
+def create_generator(name: str, **kwargs: Any) -> Generator:
+    """The `Generator` a checkpoint names (``model_name`` `GENERATOR_NAME`, ``model_kwargs`` its
+    arguments): the ``create`` of `load_checkpoint` for generators. `KitError` for any other model."""
+    if name != GENERATOR_NAME:
+        raise KitError(f"it holds model {name!r}, not {GENERATOR_NAME!r}")
+    try:
+        return Generator(**kwargs)
+    except TypeError as error:
+        raise KitError(f"bad generator arguments {kwargs} ({error})") from None
+
+
 def save_generator(generator: Generator, config: Pix2PixConfig, path: str | Path, **meta: Any) -> Path:
-    """Write the generator's state_dict, its config and `meta` (e.g. style, dataset) with torch.save."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": generator.state_dict(), "config": asdict(config), "meta": meta}, tmp)
-    return Path(path)
+    """Write the generator as a kit checkpoint: its weights, `config` as the checkpoint's config and
+    `meta` (e.g. style, dataset; plain values) as its extra."""
+    return save_checkpoint(path, generator, asdict(config), meta)
 
 
 def load_generator(
@@ -275,18 +295,7 @@ def load_generator(
 ) -> tuple[Generator, dict[str, Any]]:
     """(generator in eval mode, meta) from a `save_generator` file; `DataError` if it is not one."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-        config = Pix2PixConfig(**payload["config"])
-        generator = Generator(config.channels, config.base_channels, config.depth)
-        generator.load_state_dict(payload["state_dict"])
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        RuntimeError,
-    ) as error:
+        generator, _, meta = load_checkpoint(path, map_location, create=create_generator)
+    except KitError as error:
         raise DataError(f"{path}: not a kit pix2pix generator ({error})") from None
-    return generator.eval(), dict(payload["meta"])
+    return generator, dict(meta)

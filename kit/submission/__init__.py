@@ -1,7 +1,8 @@
 """RLE and the submission CSV: encode/decode masks, write, read and validate ``ImageId,EncodedPixels`` files.
 
 Conventions (1-based, column-major pixel numbering; strict RLE strings) are in `kit.submission.rle`;
-the file format and row numbering are in `kit.submission.csvfile`.
+the file format and row numbering are in `kit.submission.csvfile`. The plain numpy references of the
+fast encoder and decoder (test oracles, benchmarks) stay in `kit.submission.rle` and are not exported.
 """
 
 from kit.submission.csvfile import (
@@ -16,11 +17,8 @@ from kit.submission.csvfile import (
 )
 from kit.submission.rle import (
     decode_labels,
-    decode_labels_reference,
     decode_rle,
-    decode_rle_reference,
     encode_labels,
-    encode_labels_reference,
     encode_mask,
 )
 
@@ -30,11 +28,8 @@ __all__ = [
     "SubmissionProblem",
     "check_submission",
     "decode_labels",
-    "decode_labels_reference",
     "decode_rle",
-    "decode_rle_reference",
     "encode_labels",
-    "encode_labels_reference",
     "encode_mask",
     "read_rle_csv",
     "read_submission_labels",

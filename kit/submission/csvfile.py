@@ -26,7 +26,7 @@ import pandas as pd
 
 from kit.errors import DataError
 from kit.fileio import atomic_path
-from kit.submission.rle import _first_run_problems, _paint_runs, _parse_values, encode_labels
+from kit.submission.rle import encode_labels, first_run_problems, paint_runs, parse_rle_values
 
 __all__ = [
     "HEADER",
@@ -292,7 +292,7 @@ def _analyse(
         if not rles[p]:
             continue
         try:
-            values.append(_parse_values(rles[p]))
+            values.append(parse_rle_values(rles[p]))
             parsed.append(p)
         except ValueError as exc:
             add(p, str(exc))
@@ -303,7 +303,7 @@ def _analyse(
     image_pixels = {image_id: h * w for image_id, (h, w) in sizes.items()}
     n_pixels = np.array([image_pixels.get(ids[p], -1) for p in parsed], np.int64)
     runs = _Runs(*np.ascontiguousarray(flat.reshape(-1, 2).T), pair_pos)
-    for p, message in _first_run_problems(
+    for p, message in first_run_problems(
         runs.starts, runs.lengths, pair_pos, np.repeat(n_pixels, counts)
     ).items():
         add(p, message)
@@ -419,7 +419,7 @@ def read_submission_labels(
         sel = order[bounds[code] : bounds[code + 1]]
         out = np.zeros(sizes[image_id], np.int32)
         pos = runs.pos[sel]
-        k, _, _ = _paint_runs(runs.starts[sel], runs.lengths[sel], (row_label[pos] + 1).astype(np.int32), out)
+        k, _, _ = paint_runs(runs.starts[sel], runs.lengths[sel], (row_label[pos] + 1).astype(np.int32), out)
         assert k < 0, "validated masks cannot overlap"
         labels[image_id] = out
     return {image_id: labels[image_id] for image_id in sorted(labels)}

@@ -16,8 +16,13 @@ Conventions (REFERENCE.md §4), shared by every function here:
   be sequential.
 
 The fast functions are a numba pass over the label image (`encode_labels`) and a numba painter over runs
-(`decode_labels`). The ``*_reference`` functions are the plain numpy versions from the public notebooks,
-kept for tests and ``benchmarks/bench_rle.py``.
+(`decode_labels`). The submission reader (`kit.submission.csvfile`) checks and paints the runs of a
+whole file at once with the pieces they are built from: `parse_rle_values`, `first_run_problems` and
+`paint_runs`.
+
+The ``*_reference`` functions are the plain numpy versions from the public notebooks, kept beside the
+fast ones as test oracles and for ``benchmarks/bench_rle.py``; they are not exported (import them from
+this module).
 """
 
 from __future__ import annotations
@@ -30,12 +35,12 @@ import numpy as np
 
 __all__ = [
     "decode_labels",
-    "decode_labels_reference",
     "decode_rle",
-    "decode_rle_reference",
     "encode_labels",
-    "encode_labels_reference",
     "encode_mask",
+    "first_run_problems",
+    "paint_runs",
+    "parse_rle_values",
 ]
 
 # Values are parsed as int64; at most 18 digits keep start + length far from overflow.
@@ -172,8 +177,13 @@ def encode_labels_reference(labels: np.ndarray) -> dict[int, str]:
 # Decoding
 
 
-def _parse_values(rle: str) -> np.ndarray:
-    """The integers of an RLE string (int64, even count); ``ValueError`` naming the first bad value."""
+def parse_rle_values(rle: str) -> np.ndarray:
+    """The integers of an RLE string, ``[start, length, start, length, ...]`` as int64 (empty for "").
+
+    Only the syntax is checked here (non-negative decimal integers of at most 18 digits separated by
+    spaces, an even count); ``ValueError`` names the first bad value. Whether the pairs are valid runs
+    is `first_run_problems`' job.
+    """
     text = rle.strip()
     if not text:
         return np.empty(0, np.int64)
@@ -190,13 +200,18 @@ def _parse_values(rle: str) -> np.ndarray:
     return values
 
 
-def _first_run_problems(
+def first_run_problems(
     starts: np.ndarray, lengths: np.ndarray, groups: np.ndarray, n_pixels: np.ndarray | int
 ) -> dict[int, str]:
-    """First bad start/length pair of every group of pairs, as ``{group: message}``.
+    """First bad start/length pair of every group of pairs, as ``{group: message}`` (empty when all
+    are valid runs).
 
-    `groups` labels each pair (pairs of one group contiguous, in string order); `n_pixels` is the image
-    size for every pair (or one int), negative where unknown (no bounds check).
+    `starts`, `lengths` and `groups` are int64 arrays of one entry per pair; a group is one RLE string
+    (a row of a submission, an instance), its pairs contiguous and in string order. `n_pixels` is the
+    image size H·W for every pair (or one int), negative where unknown (no bounds check). A pair is bad
+    when its start < 1, its length < 1, it is not after the previous pair of its group (unsorted or
+    overlapping), or it runs past the last pixel. The message says which pair, counted from 1 in its
+    string, and why.
     """
     n = starts.size
     if n == 0:
@@ -265,6 +280,37 @@ def _paint_runs(starts, lengths, run_labels, out):  # pragma: no cover - compile
     return -1, 0, 0
 
 
+def paint_runs(
+    starts: np.ndarray, lengths: np.ndarray, run_labels: np.ndarray, out: np.ndarray
+) -> tuple[int, int, int]:
+    """Paint runs into the zeroed H×W integer label image `out`, in place; report the first clash.
+
+    Run k covers `lengths[k]` pixels from the 1-based column-major pixel `starts[k]` and gets id
+    `run_labels[k]` (> 0, `out`'s dtype). Returns ``(k, id found, 1-based pixel)`` for the first run that
+    reaches a pixel already painted (painting stops there), or ``(-1, 0, 0)`` when no two runs share a
+    pixel. Runs must be valid (see `first_run_problems`); shapes, dtypes and bounds are checked here and
+    raise ``ValueError``.
+    """
+    starts = np.ascontiguousarray(starts, np.int64)
+    lengths = np.ascontiguousarray(lengths, np.int64)
+    run_labels = np.ascontiguousarray(run_labels)
+    if not (starts.ndim == lengths.ndim == run_labels.ndim == 1):
+        raise ValueError("starts, lengths and run_labels must be 1-D arrays")
+    if not (starts.size == lengths.size == run_labels.size):
+        raise ValueError(
+            f"starts, lengths and run_labels differ in length ({starts.size}, {lengths.size}, "
+            f"{run_labels.size})"
+        )
+    if out.ndim != 2 or not out.flags.c_contiguous or not np.issubdtype(out.dtype, np.integer):
+        raise ValueError(f"out must be a C-contiguous 2-D integer array, got {out.dtype} {out.shape}")
+    if run_labels.dtype != out.dtype:
+        raise ValueError(f"run_labels ({run_labels.dtype}) must have out's dtype ({out.dtype})")
+    if starts.size and (starts.min() < 1 or lengths.min() < 1 or (starts + lengths - 1).max() > out.size):
+        raise ValueError(f"runs must have start >= 1, length >= 1 and stay inside the {out.shape} image")
+    k, found, pixel = _paint_runs(starts, lengths, run_labels, out)
+    return int(k), int(found), int(pixel)
+
+
 def _check_shape(shape: tuple[int, int]) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in shape)
@@ -284,9 +330,9 @@ def decode_rle(rle: str, shape: tuple[int, int]) -> np.ndarray:
     h, w = _check_shape(shape)
     if not isinstance(rle, str):
         raise ValueError(f"rle must be a string, got {type(rle).__name__}")
-    values = _parse_values(rle)
+    values = parse_rle_values(rle)
     starts, lengths = np.ascontiguousarray(values.reshape(-1, 2).T)
-    problems = _first_run_problems(starts, lengths, np.zeros(starts.size, np.int64), h * w)
+    problems = first_run_problems(starts, lengths, np.zeros(starts.size, np.int64), h * w)
     if problems:
         raise ValueError(problems[0])
     out = np.zeros((h, w), np.int32)
@@ -308,7 +354,7 @@ def decode_labels(rles: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
         if not isinstance(rle, str):
             raise ValueError(f"rles[{i}]: expected a string, got {type(rle).__name__}")
         try:
-            v = _parse_values(rle)
+            v = parse_rle_values(rle)
         except ValueError as exc:
             raise ValueError(f"rles[{i}]: {exc}") from None
         if v.size:
@@ -321,7 +367,7 @@ def decode_labels(rles: Sequence[str], shape: tuple[int, int]) -> np.ndarray:
     flat = np.concatenate(values)
     starts, lengths = np.ascontiguousarray(flat.reshape(-1, 2).T)
     run_labels = np.repeat(np.arange(1, len(values) + 1, dtype=np.int32), counts)
-    problems = _first_run_problems(starts, lengths, run_labels, h * w)
+    problems = first_run_problems(starts, lengths, run_labels, h * w)
     if problems:
         label, message = min(problems.items())
         raise ValueError(f"rles[{source[label - 1]}]: {message}")
