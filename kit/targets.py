@@ -145,7 +145,7 @@ def border_weight_map(
 ) -> np.ndarray:
     """Float32 H×W per-pixel loss weights: `w_border` on touching-border pixels, 1 elsewhere.
 
-    Seed 003 (Caicedo et al.) weighted its boundary class 10×.
+    Caicedo et al. 2019 weighted their boundary class 10×.
     """
     border = touching_border(labels, min_radius=min_radius, max_radius=max_radius, size_scale=size_scale)
     return np.where(border, np.float32(w_border), np.float32(1.0))

@@ -1,8 +1,8 @@
 """Image-style clusters and style-stratified K-fold splits.
 
-As in Vuola et al. (seed 001, §4.4.2), images are clustered by k-means on intensity-histogram features
-and the training folds are stratified by cluster, so every fold holds every image type. Clusters are fit
-on all splits, so reports can show test styles that are rare in training.
+As in Vuola et al. 2019 (§4.4.2; see docs/references.md), images are clustered by k-means on
+intensity-histogram features and the training folds are stratified by cluster, so every fold holds every image
+type. Clusters are fit on all splits, so reports can show test styles that are rare in training.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def masks_to_labels(
     (1-based) in the given order, empty masks are skipped (their count is logged). A mask may be bool,
     0/1, 0/255 (any two values; the non-zero one is foreground) or RGB(A) with equal colour channels.
     Masks must not overlap unless `resolve_overlaps` is set: then every contested pixel goes to the mask
-    with the nearest centroid (Vuola et al., seed 001) and "pixels moved" counts the pixel memberships
+    with the nearest centroid (Vuola et al. 2019) and "pixels moved" counts the pixel memberships
     taken away (a pixel covered by three masks counts 2). Raises `DataError` naming the file(s) for a
     size mismatch, a non-binary mask and (without `resolve_overlaps`) an overlap.
     """

@@ -1,4 +1,4 @@
-"""TP/FP/FN contour overlay of one image: what people read at a glance (seed 001, Figs 5.1, 5.3)."""
+"""TP/FP/FN contour overlay of one image: what people read at a glance (Vuola et al. 2019, Figs 5.1, 5.3)."""
 
 from __future__ import annotations
 

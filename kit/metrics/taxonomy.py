@@ -1,4 +1,4 @@
-"""Error taxonomy of Caicedo et al. 2019 (seed 003): missed objects by size, extras, merges, splits.
+"""Error taxonomy of Caicedo et al. 2019 (docs/references.md): missed objects by size, extras, merges, splits.
 
 All counts are read off an `IoUMatrix` of one image, with strict `>` at every threshold:
 - missed: truth objects with no prediction at IoU > 0.7, binned by truth area in pixels into

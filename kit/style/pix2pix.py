@@ -1,5 +1,7 @@
 """pix2pix (Isola et al. 2017) as nucleAIzer used it: nucleus layout → image of one style cluster.
 
+nucleAIzer (Hollandi et al. 2020; see docs/references.md) trains one generator per style cluster.
+
 - `Generator`: U-Net, `depth` stride-2 4×4 convolutions down and transposed convolutions up with skip
   connections, dropout in the innermost decoder blocks, tanh output. Input: the 3-channel
   `kit.style.layouts.condition_image` scaled to [-1, 1]; output: C channels in [-1, 1].

@@ -1,11 +1,11 @@
 """The submission CSV: write, read, validate and decode ``ImageId,EncodedPixels`` files.
 
-File format (REFERENCE.md §4): the header ``ImageId,EncodedPixels``, then one row per nucleus whose
-EncodedPixels is an RLE string (conventions in `kit.submission.rle`: 1-based, column-major, strict). An
-image without nuclei has exactly one row, with empty EncodedPixels. The DSB ``stage1_train_labels.csv``
-truth file has the same format. The only extra columns accepted are those of the DSB stage-1 solution
-file, ``ImageId,EncodedPixels,Height,Width,Usage`` (any subset of Height, Width, Usage, in that file
-order after the two required columns); Height and Width, when present, serve as image sizes.
+File format (DSB2018's; see docs/references.md): the header ``ImageId,EncodedPixels``, then one row per
+nucleus whose EncodedPixels is an RLE string (conventions in `kit.submission.rle`: 1-based, column-major,
+strict). An image without nuclei has exactly one row, with empty EncodedPixels. The DSB
+``stage1_train_labels.csv`` truth file has the same format. The only extra columns accepted are those of the
+DSB stage-1 solution file, ``ImageId,EncodedPixels,Height,Width,Usage`` (any subset of Height, Width, Usage,
+in that file order after the two required columns); Height and Width, when present, serve as image sizes.
 
 Row numbers: ``row`` is the line of the file where the record starts, counting the header as line 1, so
 the first data row is row 2, as a text editor or a spreadsheet shows it. Blank lines are skipped but

@@ -1,6 +1,7 @@
 """Run-length encoding (RLE) of masks and label images, in the DSB2018 convention.
 
-Conventions (REFERENCE.md §4), shared by every function here:
+Conventions (the DSB2018 submission format, from the competition's evaluation page; see
+docs/references.md), shared by every function here:
 
 - Pixels are numbered **1-based in column-major order**: top to bottom, then left to right, i.e. the
   order of the flattened *transposed* image. Pixel ``p`` of an H×W image sits at row ``(p - 1) % H``,
