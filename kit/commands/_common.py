@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -54,14 +55,22 @@ def resolve_dataset_dir(data: Path | None) -> Path:
     raise DataError(f"several datasets under ./data/ ({names}); choose one with --data")
 
 
-def print_frame(frame, title: str | None = None, float_format: str = "{:.3f}") -> None:
-    """Print a pandas DataFrame as a rich table."""
+def frame_table(
+    frame, title: str | None = None, float_format: str = "{:.3f}", whole: Collection[str] = ()
+) -> Table:
+    """A pandas DataFrame as a rich table; the columns named in `whole` are never wrapped."""
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in frame.columns:
-        table.add_column(str(col), justify="right" if frame[col].dtype.kind in "iuf" else "left")
+        justify = "right" if frame[col].dtype.kind in "iuf" else "left"
+        table.add_column(str(col), justify=justify, no_wrap=col in whole)
     for row in frame.itertuples(index=False):
         table.add_row(*[float_format.format(v) if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
+    return table
+
+
+def print_frame(frame, title: str | None = None, float_format: str = "{:.3f}") -> None:
+    """Print a pandas DataFrame as a rich table."""
+    console.print(frame_table(frame, title, float_format))
 
 
 def print_summary(summary: dict, title: str) -> None:

@@ -2,25 +2,84 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
+from rich.measure import Measurement
 
-from kit.commands._common import console, print_frame
+from kit.commands._common import console, frame_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TITLE = "training runs (newest first)"
+# Experiment and run name a run: they are shown whole, never wrapped or cut. In a narrow terminal the
+# optional columns that do not fit are left out, least useful first; when even experiment, run, val mAP
+# and status do not fit, each run is printed as a block of lines instead of a table row.
+WHOLE_COLUMNS = ("experiment", "run")
+OPTIONAL_COLUMNS = ("duration", "epochs", "folds", "started")
 
 
 def runs_command(
     experiment: Annotated[str | None, typer.Option("--exp", "-e", help="Only this experiment.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many runs.")] = 20,
 ) -> None:
-    """Leaderboard of training runs: folds, val mAP mean ± sd, epochs, duration, status."""
+    """Leaderboard of training runs: folds, val mAP mean ± sd, epochs, duration, status, start time
+    (a narrow terminal shows fewer columns)."""
     from kit.stages.runs import leaderboard
 
     table = leaderboard(experiment, limit=limit)
     if table.empty:
         console.print("no training runs yet; start one with `kit train --exp unet_tiny`")
         return
-    print_frame(table, title="training runs (newest first)")
+    print_leaderboard(table, console.width)
+
+
+def print_leaderboard(table: pd.DataFrame, width: int) -> None:
+    """Print `leaderboard`'s table in `width` terminal columns (see WHOLE_COLUMNS)."""
+    shown = fitting_columns(table, width)
+    if shown is None:
+        console.print(f"[bold]{TITLE}[/]")
+        pad = max(len(c) for c in table.columns)
+        for row in table.to_dict("records"):
+            console.print(" ".join(f"[bold]{escape(str(row[c]))}[/]" for c in WHOLE_COLUMNS), soft_wrap=True)
+            for column, value in row.items():
+                if column not in WHOLE_COLUMNS:
+                    console.print(f"  {column:<{pad}}  {escape(str(value))}")
+        return
+    rich_table = frame_table(table[shown], TITLE, whole=WHOLE_COLUMNS)
+    hidden = [c for c in table.columns if c not in shown]
+    if hidden:
+        rich_table.caption = f"not shown at this width: {', '.join(hidden)}"
+    console.print(rich_table)
+
+
+def fitting_columns(table: pd.DataFrame, width: int) -> list[str] | None:
+    """The columns of `table` whose table is at most `width` wide at its natural size: all of them, or
+    all but the optional ones that do not fit (left out least useful first); None when the columns
+    that are not optional are too wide on their own."""
+
+    unbounded = console.options.update_width(1 << 16)  # a measurement never exceeds the width it is given
+
+    def fits(columns: list[str]) -> bool:
+        rendered = frame_table(table[columns], whole=WHOLE_COLUMNS)
+        return Measurement.get(console, unbounded, rendered).maximum <= width
+
+    def in_order(columns: set[str]) -> list[str]:
+        return [c for c in table.columns if c in columns]
+
+    shown = set(table.columns)
+    for column in OPTIONAL_COLUMNS:
+        if fits(in_order(shown)):
+            break
+        shown.discard(column)
+    if not fits(in_order(shown)):
+        return None
+    for column in reversed(OPTIONAL_COLUMNS):  # give back, most useful first, those that fit after all
+        if column in table.columns and column not in shown and fits(in_order(shown | {column})):
+            shown.add(column)
+    return in_order(shown)
 
 
 def ui_command(
