@@ -1,5 +1,5 @@
 """The second level: a LightGBM model predicting each instance candidate's IoU with the truth, used to
-choose among the instances of several base experiments (topcoders' DSB2018 winner, seed 001).
+choose among the instances of several base experiments (topcoders' DSB2018 winner, Vuola et al. 2019).
 
 Building blocks, one job each: `candidates` (label images + table from base predict runs, with
 re-splits), `shape` and `features` (per-candidate features, vectorised per image), `target`, `model`

@@ -1,6 +1,6 @@
 """Instance candidates of one image, collected from the predict runs of the base experiments.
 
-A candidate set is label images plus a table (DESIGN.md), never a dict of masks:
+A candidate set is label images plus a table, never a dict of masks:
 
 - `layers` (L, H, W) int32: each layer is one non-overlapping label image: a source's own instances
   (split level 0), or the new parts of its instances when the watershed is re-run from the stored

@@ -1,4 +1,4 @@
-"""Per-candidate features for the IoU model (topcoders' ~41 features, seed 001's regionprops), one image
+"""Per-candidate features for the IoU model (topcoders' ~41 features, Vuola et al. 2019's regionprops), one image
 at a time and vectorised over its candidates.
 
 Groups (names in `feature_names`):

@@ -3,7 +3,7 @@
 `fit_bagged` repeats a shuffled K-fold split of the *images* (all candidates of an image fall in the
 same fold, so a model never scores an image whose candidates it trained on) `n_bags` times. Each of
 the n_bags × n_folds boosters (native `lgb.train`, L2 regression) draws its own `num_leaves`,
-`feature_fraction` and `learning_rate` from the given ranges (topcoders: 50 × 3-fold; seed 001:
+`feature_fraction` and `learning_rate` from the given ranges (topcoders: 50 × 3-fold; Vuola et al. 2019:
 "multiple models with varying learning rate, number of leaves and feature fraction, averaged").
 The out-of-fold prediction of a candidate is the mean over bags of the booster that did not see its
 image; a new candidate gets the mean of all boosters. Predictions are clipped to [0, 1].

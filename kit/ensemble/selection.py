@@ -1,4 +1,4 @@
-"""Choosing among overlapping candidates: greedy non-maximum suppression on predicted IoU (seed 001).
+"""Choosing among overlapping candidates: greedy non-maximum suppression on predicted IoU (Vuola et al. 2019).
 
 Per image, candidates are visited in decreasing predicted IoU. Visiting stops at the first one below
 `threshold` (they are dropped). A candidate is suppressed when more than `nms_overlap` of its pixels

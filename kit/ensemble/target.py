@@ -1,6 +1,6 @@
 """The IoU model's target: each candidate's best IoU with a truth instance, zeroed below a minimum.
 
-topcoders and seed 001: target = best IoU with the truth if above 0.5, else 0. Below 0.5 a candidate can
+topcoders and Vuola et al. 2019: target = best IoU with the truth if above 0.5, else 0. Below 0.5 a candidate can
 never be a hit at any DSB threshold, so how bad it is does not matter; zeroing it lets the model spend its
 capacity on ranking candidates that can count.
 """

@@ -8,7 +8,7 @@ mask-probability crop inside an integer box of the image, with a score. It stays
   image, fold models): candidates matched by mask IoU, kept when found by enough predictions.
 - `drop_duplicates`: one candidate per nucleus where predictions of different tiles overlap.
 - `detections_to_labels`: candidates → int32 label image. A pixel claimed by several instances goes to
-  the instance whose centroid is nearest (seed 001: better than score order), or to the highest score.
+  the instance whose centroid is nearest (Vuola et al. 2019: better than score order), or to the highest score.
 
 All functions are numpy only. Boxes are (y0, x0, y1, x1), half-open pixel ranges.
 """

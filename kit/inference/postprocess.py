@@ -1,4 +1,4 @@
-"""Probability maps → instance label image: marker-controlled watershed (topcoders, seed 001).
+"""Probability maps → instance label image: marker-controlled watershed (topcoders, Vuola et al. 2019).
 
 Seeds are the cores of nuclei: body·(1 − border) > seed_threshold, where the predicted touching border
 carves apart nuclei that touch. Each seed floods its nucleus over the foreground by a watershed on

@@ -1,7 +1,7 @@
 """Whole-image prediction at any size: padding to the network stride, overlapping tiles, blending.
 
 Large images are cut into overlapping tiles whose predictions are blended with Gaussian weights
-(seed 004: centre pixels, which saw the most context, dominate; no seams). A tile's pixels within
+(Sadanandan et al. 2017: centre pixels, which saw the most context, dominate; no seams). A tile's pixels within
 `overlap // 4` of an edge shared with another tile get zero weight, so their truncated context never
 leaks into the result while the neighbouring tile covers them.
 """
