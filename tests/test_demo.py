@@ -14,10 +14,15 @@ from kit.stages.demo import DemoStep, run_demo
 @pytest.mark.slow
 def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble(project_dir) -> None:
     stages: list[str] = []
-    tiny = ("training.epochs=1", "data.samples_per_epoch=8", "training.max_steps_per_epoch=2")
+    tiny = (
+        "training.epochs=1",
+        "data.samples_per_epoch=8",
+        "training.max_steps_per_epoch=2",
+        "tracking.log_model=false",
+    )
     steps = (
-        DemoStep("unet_tiny", share=0.5, overrides=tiny),
-        DemoStep("maskrcnn_tiny", share=0.5, overrides=tiny),
+        DemoStep("unet_tiny", share=0.5, folds=(0,), overrides=tiny),
+        DemoStep("maskrcnn_tiny", share=0.5, folds=(0,), overrides=tiny),
     )
     result = run_demo(synthetic=True, minutes=2, steps=steps, announce=stages.append, progress=False)
 
@@ -33,6 +38,8 @@ def test_demo_runs_the_whole_journey_and_its_submission_scores_like_the_ensemble
     assert result.submission.resolve() == project_dir / "submissions" / "demo_ensemble.csv"
     assert result.submission.read_text().startswith("ImageId,EncodedPixels")
     assert {"train unet_tiny", "train maskrcnn_tiny", "ensemble"} <= set(result.runs)
+    note = table.loc["ensemble, estimated without truth", "95% CI"]
+    assert "calibration" in note  # how many test images the estimate was calibrated for
 
 
 def test_demo_shares_the_minutes_between_models_and_folds(project_dir) -> None:

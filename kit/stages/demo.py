@@ -123,9 +123,10 @@ def run_demo(
     what = "synthetic (40 images)" if synthetic else "mnfinder (49 real fluorescence images)"
     announce(f"{next(stage)}/{n_stages} data: {what}")
     root, channels = prepare_data(synthetic, progress)
-    prepare_weights()
     train_minutes = minutes * (1 - RESERVE_FRACTION) - (time.perf_counter() - started) / 60
     bases = [step.config(root, channels, train_minutes, seed) for step in steps]
+    if any(c.model.pretrained is True and c.model.encoder == "tf_efficientnet_lite0" for c in bases):
+        prepare_weights()
     runs: dict[str, str] = {}
     for cfg in bases:
         announce(
