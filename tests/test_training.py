@@ -423,3 +423,33 @@ def test_missing_dataset_is_a_data_error_with_a_hint(project_dir) -> None:
     with pytest.raises(DataError, match=r"data.root 'data/missing' is not a kit dataset.*kit data synth"):
         train_experiment(cfg, progress=False)
     assert not (project_dir / "mlruns").exists()  # failed before any run was started
+
+
+def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src, monkeypatch) -> None:
+    """training.max_minutes: with a clock that advances 1 s per reading, a 1-minute budget ends training
+    long before its 1000 epochs, the learning rate has decayed to its floor by then, and the last epoch
+    is validated."""
+    import kit.training.trainer as trainer_module
+    from kit.stages.train import train_experiment
+
+    install_dataset(synthetic_src, project)
+    now = itertools.count(step=1.0)
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(now)))
+    overrides = [
+        "training.epochs=1000",
+        "training.max_minutes=1",
+        "training.max_steps_per_epoch=2",
+        "training.val_every=1000",
+        "data.crop_size=64",
+        NO_MODEL,
+    ]
+    outcome = train_experiment(load_experiment("unet_tiny", overrides), folds=[0], progress=False)
+    fold = outcome.folds[0]
+    assert 1 < fold.epochs_run < 60
+    history = _client().get_metric_history(fold.run_id, "lr")
+    lrs = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert lrs == sorted(lrs, reverse=True)  # no warm-up in unet_tiny: a pure decay
+    assert lrs[0] > 0.5 * 0.003 and lrs[-1] < 0.02 * 0.003  # the cosine ran its whole course to its floor
+    val = _client().get_metric_history(fold.run_id, "val_map")
+    assert [m.step for m in val] == [fold.epochs_run - 1]  # only the budget's last epoch, not every 1000th
+
