@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,6 +31,9 @@ APPLY_KINDS: tuple[str, ...] = get_args(ApplyKind)
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class ExtraData(_Section):
@@ -130,13 +133,11 @@ class InferenceConfig(_Section):
     batch_size: int = Field(4, ge=1)
 
 
-class PostprocessConfig(_Section):
-    """Probability maps → instances (marker-controlled watershed, `kit.inference.postprocess`).
+class WatershedThresholds(_Section):
+    """How probability maps become instances (marker-controlled watershed, `kit.inference.postprocess`):
+    the thresholds a semantic model (U-Net, FPN) stores with itself and that a call may override.
 
     `min_area_fraction` drops instances smaller than that fraction of the image's median instance area.
-    `kit predict --oof` tunes the first six settings on the out-of-fold maps (for instance models: the
-    `instances` score threshold and size rule) and stores them with the train run; later predictions
-    of that run use the tuned values when `tuned` is true (set it false to use exactly the values given).
     """
 
     seed_threshold: float = Field(0.5, gt=0, lt=1)
@@ -146,18 +147,26 @@ class PostprocessConfig(_Section):
     min_area_fraction: float = Field(0.0, ge=0, lt=1)
     fill_holes: bool = True
     grow_with_mask: bool = True
+
+
+class PostprocessConfig(WatershedThresholds):
+    """The watershed thresholds of semantic models (`WatershedThresholds`).
+
+    `kit predict --oof` tunes the first six settings on the out-of-fold maps (for instance models: the
+    `instances` score threshold and size rule) and stores them with the train run; later predictions
+    of that run use the tuned values when `tuned` is true (set it false to use exactly the values given).
+    """
+
     tuned: bool = True
 
 
-class InstancesConfig(_Section):
-    """Detections → instances, for instance models (Mask R-CNN; semantic models use `postprocess`).
+class DetectionThresholds(_Section):
+    """How detections become instances (`kit.inference.instances.detections_to_labels`): the thresholds an
+    instance model (Mask R-CNN) stores with itself and that a call may override.
 
     Candidates scoring ≥ `score_threshold` become instances (their mask > `mask_threshold`); overlapping
     pixels go to the nearest centroid or the higher score (`overlap`); instances under `min_size` pixels
     are dropped, and so are those under `min_area_fraction` of the image's median instance area.
-    `kit predict --oof` tunes `score_threshold` and the size rule out of fold (`postprocess.tuned`).
-    TTA copies and fold models are merged by mask voting: candidates matched at IoU >
-    `vote_iou`, kept when found in at least `min_vote_fraction` of the copies.
     """
 
     score_threshold: float = Field(0.5, ge=0, le=1)
@@ -165,8 +174,28 @@ class InstancesConfig(_Section):
     min_size: int = Field(10, ge=0)
     min_area_fraction: float = Field(0.0, ge=0, lt=1)
     overlap: Literal["centroid", "score"] = "centroid"
+
+
+class InstancesConfig(DetectionThresholds):
+    """Detections → instances, for instance models (Mask R-CNN; semantic models use `postprocess`): the
+    `DetectionThresholds`, and how TTA copies and fold models are merged.
+
+    `kit predict --oof` tunes `score_threshold` and the size rule out of fold (`postprocess.tuned`).
+    TTA copies and fold models are merged by mask voting: candidates matched at IoU >
+    `vote_iou`, kept when found in at least `min_vote_fraction` of the copies.
+    """
+
     vote_iou: float = Field(0.5, gt=0, lt=1)
     min_vote_fraction: float = Field(0.5, gt=0, le=1)
+
+
+class SelectionThresholds(_Section):
+    """How an ensemble chooses among overlapping candidates (`kit.ensemble.selection`): candidates whose
+    predicted IoU is under `threshold` are dropped, and one whose pixels are already taken by more than
+    `nms_overlap` is suppressed. The thresholds an ensemble stores with itself; a call may override them."""
+
+    threshold: float = Field(0.3, ge=0, le=1)
+    nms_overlap: float = Field(0.3, ge=0, lt=1)
 
 
 class TrackingConfig(_Section):
@@ -320,22 +349,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def _format_validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            section_fields = _fields_at(err["loc"][:-1])
+            section_fields = _fields_at(err["loc"][:-1], root)
             close = difflib.get_close_matches(str(err["loc"][-1]), section_fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             lines.append(f"unknown key '{loc}'{hint}")
         else:
             lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return f"{source}: invalid config: " + "; ".join(lines)
+    return f"{source}: invalid {'config' if root is ExperimentConfig else 'settings'}: " + "; ".join(lines)
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    model: Any = ExperimentConfig
+def _fields_at(loc: tuple, root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
@@ -343,6 +372,15 @@ def _fields_at(loc: tuple) -> list[str]:
         # An optional section (`X | None`): its fields are those of X.
         model = next((a for a in get_args(field.annotation) if hasattr(a, "model_fields")), field.annotation)
     return list(getattr(model, "model_fields", {}))
+
+
+def validate_section(section: type[SectionT], raw: Any, source: str) -> SectionT:
+    """`raw` (a mapping) validated as `section`; ConfigError naming `source` and each bad key (with the
+    closest known key for a misspelt one)."""
+    try:
+        return section.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source, section)) from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -355,10 +393,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Validate a raw dict into an ExperimentConfig, turning pydantic errors into a ConfigError."""
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+    return validate_section(ExperimentConfig, raw, source)
 
 
 def load_experiment(

@@ -20,6 +20,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST_OVERRIDES = ["training.epochs=2", "training.max_steps_per_epoch=2", "data.crop_size=64"]
 """unet_tiny overrides that make a fold train in about a second on a CPU."""
 
+SESSION_OVERRIDES = [
+    "training.epochs=1",
+    "training.max_steps_per_epoch=30",
+    "data.samples_per_epoch=120",
+    "data.crop_size=64",
+    "training.lr=0.01",
+]
+"""unet_tiny overrides of the session's shared model (`trained_project`): long enough (30 steps per fold)
+that it finds nuclei in the tiny synthetic images, so equality tests on its label images compare
+something."""
+
 NO_MODEL = "tracking.log_model=false"
 """For tests that train only to check training: no MLflow Model logged at the end (about a second)."""
 
@@ -108,7 +119,7 @@ def inside_project(path: Path) -> Iterator[Path]:
 @dataclass(frozen=True)
 class TrainedProject:
     """A project folder (experiments/, data/synthetic, mlruns/ with its SQLite store and artifacts) holding
-    one finished 2-fold × 2-epoch unet_tiny train run (FAST_OVERRIDES): `config` and `outcome` of it."""
+    one finished 2-fold unet_tiny train run (SESSION_OVERRIDES): `config` and `outcome` of it."""
 
     root: Path
     config: Any  # kit.config.ExperimentConfig
@@ -116,7 +127,7 @@ class TrainedProject:
 
 
 def train_tiny_project(root: Path, dataset: Path, store: Path) -> TrainedProject:
-    """Train unet_tiny (FAST_OVERRIDES, folds 0 and 1) on a copy of `dataset` in project folder `root`,
+    """Train unet_tiny (SESSION_OVERRIDES, folds 0 and 1) on a copy of `dataset` in project folder `root`,
     whose MLflow store starts as a copy of the empty `store`."""
     from kit.config import load_experiment
     from kit.stages.train import train_experiment
@@ -124,7 +135,7 @@ def train_tiny_project(root: Path, dataset: Path, store: Path) -> TrainedProject
     seed_mlflow_store(root, store)
     install_dataset(dataset, root)
     with inside_project(root), one_torch_thread():
-        cfg = load_experiment("unet_tiny", FAST_OVERRIDES)
+        cfg = load_experiment("unet_tiny", SESSION_OVERRIDES)
         outcome = train_experiment(cfg, folds=[0, 1], progress=False)
     return TrainedProject(root, cfg, outcome)
 
@@ -181,3 +192,20 @@ def project_fingerprint(root: Path) -> tuple[str, tuple[str, ...]]:
     nothing writes to the project."""
     files = tuple(sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()))
     return sha256(root / "mlruns" / "mlflow.db"), files
+
+
+def predicted_labels(run: Any) -> tuple[Any, dict[str, Any]]:
+    """(predictions.csv, image id → label image) of a predict run, read from its artifacts."""
+    from kit.inference.artifacts import read_predicted_labels
+    from kit.tracking.schema import run_folder
+
+    return read_predicted_labels(run_folder(run))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (never a fixed one: tests run side by side)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

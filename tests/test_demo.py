@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.stages.demo import DemoStep, run_demo
+from kit.workflows.demo import DemoStep, run_demo
 
 
 @pytest.mark.slow

@@ -314,12 +314,13 @@ def ensembled(trained_project, tmp_path_factory):
 
 @pytest.mark.slow
 def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
+    from helpers import predicted_labels
+
     from kit import tracking
     from kit.cli import app
     from kit.config import load_experiment
     from kit.inference.artifacts import read_index
     from kit.stages.evaluate import evaluate_experiment
-    from kit.stages.predict import load_predicted_labels
     from kit.tracking.schema import find_predict_run, run_folder
 
     root, output = ensembled
@@ -359,7 +360,7 @@ def test_kit_ensemble_runs_evaluate_and_submit(ensembled, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["submit", "--exp", "ensemble", "--name", "ens", *set_args])
     assert result.exit_code == 0, result.output
-    _, labels = load_predicted_labels(test_run)
+    _, labels = predicted_labels(test_run)
     assert (root / "submissions" / "ens.csv").is_file() and len(labels) == 4
 
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, copy_project, inside_project
+from helpers import REPO_ROOT, copy_project, inside_project, predicted_labels
 from typer.testing import CliRunner
 
 from kit import tracking
@@ -16,7 +16,6 @@ from kit.config import load_experiment
 from kit.data.dataset import NucleiDataset
 from kit.metrics import evaluate
 from kit.stages.evaluate import evaluate_experiment
-from kit.stages.predict import load_predicted_labels
 from kit.stages.submit import submit_experiment
 from kit.submission import check_submission, read_submission_labels
 from kit.tracking.schema import get_run
@@ -59,7 +58,7 @@ def _canonical(labels: np.ndarray) -> np.ndarray:
 def test_evaluate_oof_equals_metrics_evaluate_and_is_logged(cfg, predicted, tmp_path) -> None:
     outcome = evaluate_experiment(cfg, kind="oof", out=tmp_path / "report", n_bootstrap=100)
     assert outcome.predict_run_id == predicted[1].run_id
-    _, labels = load_predicted_labels(get_run(predicted[1].run_id))
+    _, labels = predicted_labels(get_run(predicted[1].run_id))
     dataset = NucleiDataset(cfg.data.root)
     expected = evaluate(((i, dataset.load(i).labels, labels[i]) for i in sorted(labels)), n_bootstrap=100)
     assert outcome.evaluation.summary == expected.summary
@@ -105,7 +104,7 @@ def test_submit_writes_a_valid_csv_that_decodes_to_the_predictions(cfg, predicte
     sizes = {i: dataset.load(i).labels.shape for i in dataset.ids("test")}
     frame = check_submission(outcome.path, sizes, sizes.keys())
     assert len(frame) == outcome.n_rows and outcome.n_images == len(sizes) == 4
-    _, labels = load_predicted_labels(get_run(predicted[2].run_id))
+    _, labels = predicted_labels(get_run(predicted[2].run_id))
     decoded = read_submission_labels(outcome.path, sizes)
     assert sum(int(lab.max()) for lab in labels.values()) > 0
     for image_id, lab in labels.items():

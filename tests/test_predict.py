@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_trained
+from helpers import copy_trained, predicted_labels
 from typer.testing import CliRunner
 
 from kit import tracking
@@ -16,7 +16,7 @@ from kit.data.dataset import NucleiDataset
 from kit.errors import ConfigError, DataError
 from kit.fileio import write_png
 from kit.inference.artifacts import read_index, read_labels, read_probs
-from kit.stages.predict import load_predicted_labels, predict_experiment
+from kit.stages.predict import predict_experiment
 from kit.tracking.schema import find_predict_run, get_run, run_folder
 
 
@@ -128,7 +128,7 @@ def test_input_folder_of_plain_pngs_of_odd_sizes_via_cli(cfg, tmp_path) -> None:
     assert "input: 3 image(s)" in result.output
     run = find_predict_run(cfg.mlflow_experiment, "input")
     assert run.data.params["tta"] == "d4"
-    index, labels = load_predicted_labels(run)
+    index, labels = predicted_labels(run)
     assert {i: lab.shape for i, lab in labels.items()} == sizes
     assert set(index["split"]) == {""} and index["source"].str.endswith(".png").all()
 

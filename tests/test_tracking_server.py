@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, install_dataset
+from helpers import REPO_ROOT, free_port, install_dataset
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -41,12 +41,6 @@ ENSEMBLE = [
     "data.root=data/synthetic",
     "tracking.log_model=false",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(url: str) -> bool:
@@ -73,7 +67,7 @@ def _group_members(pgid: int) -> list[int]:
 def server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server` run by `kit.tracking.server.serve` in a child process: (url, backend folder)."""
     folder = tmp_path_factory.mktemp("tracking-server")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
         "server",

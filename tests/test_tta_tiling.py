@@ -151,14 +151,14 @@ def test_probabilities_softmax_group_and_sigmoid_mask() -> None:
     probs = probabilities(logits, ("body", "border", "background", "mask"))
     torch.testing.assert_close(probs[:, :3].sum(1), torch.ones(2, 5, 6))
     torch.testing.assert_close(probs[:, 3], torch.sigmoid(logits[:, 3]))
-    bce = probabilities(logits, ("body", "border", "background", "mask"), mode="bce")
+    bce = probabilities(logits, ("body", "border", "background", "mask"), activation="sigmoid")
     torch.testing.assert_close(bce, torch.sigmoid(logits))
 
 
 def test_probabilities_rejects_bad_mode_and_channels() -> None:
     logits = torch.randn(1, 2, 4, 4)
     with pytest.raises(ConfigError, match="softmax"):
-        probabilities(logits, ("body", "border"), mode="argmax")
+        probabilities(logits, ("body", "border"), activation="argmax")
     with pytest.raises(ConfigError, match="at least two"):
         probabilities(logits, ("body", "mask"))
     with pytest.raises(ConfigError, match="3 names"):

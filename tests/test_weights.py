@@ -171,8 +171,8 @@ def test_fetch_offline_is_a_one_line_error(weights_folder, monkeypatch) -> None:
 def test_demo_converts_the_packaged_weights_its_recipes_need_and_unet_lite0_builds_with_them(weights_folder) -> None:
     from kit.config import load_experiment
     from kit.models.packaged_weights import import_missing
-    from kit.stages.demo import prepare_weights
     from kit.training.trainer import build_model
+    from kit.workflows.demo import prepare_weights
 
     cfg = load_experiment("unet_lite0")
     prepare_weights([cfg, load_experiment("maskrcnn_cpu")])  # as the demo does on a fresh machine

@@ -23,7 +23,7 @@ def demo_command(
 ) -> None:
     """Run the whole journey on real data (mnfinder) within a time budget and print test mAP per model."""
     from kit import tracking
-    from kit.stages.demo import run_demo
+    from kit.workflows.demo import run_demo
 
     result = run_demo(
         synthetic=synthetic, minutes=minutes, seed=seed, announce=lambda text: console.rule(f"[bold]{text}")

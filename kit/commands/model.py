@@ -23,7 +23,7 @@ def register_command(
     run: RunOption = None,
 ) -> None:
     """Register the MLflow Model of an experiment's newest train (or ensemble) run as a new version."""
-    from kit.stages.model import register
+    from kit.hub import register
 
     uri, version = register(exp, name, run)
     console.print(f"registered {uri} as [bold]models:/{name}/{version}[/]")
@@ -45,14 +45,20 @@ def export_command(
 ) -> None:
     """Export a U-Net run's fold networks as TorchScript and ONNX (dynamic H×W) and check them on real images."""
     from kit.data.dataset import NucleiDataset
-    from kit.stages.model import export_model
+    from kit.hub import load_segmenter
+    from kit.inference.export import export_segmenter
 
     dataset = NucleiDataset(resolve_dataset_dir(data))
     ids = (dataset.ids("test") or dataset.ids())[:n_images]
     images = [dataset.load(i).image for i in ids]
     out = out or Path("outputs") / "export" / exp
-    records = export_model(
-        run or exp, out, images, formats=[f.strip() for f in formats.split(",") if f.strip()]
+    source = run or exp
+    records = export_segmenter(
+        load_segmenter(source, device="cpu"),
+        out,
+        images,
+        formats=[f.strip() for f in formats.split(",") if f.strip()],
+        source=source,
     )
     for r in records:
         console.print(

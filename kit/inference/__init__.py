@@ -1,7 +1,8 @@
 """Inference building blocks: TTA, tiled prediction with blending, post-processing to label images."""
 
 from kit.inference.postprocess import instances_from_probs
-from kit.inference.tiling import model_predictor, predict_tiled, probabilities
+from kit.inference.tiling import model_predictor, predict_tiled
+from kit.models.activation import probabilities
 from kit.inference.tta import TRANSFORMS, d4_forward, d4_inverse, predict_tta
 
 __all__ = [

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from kit.errors import DataError
-from kit.fileio import atomic_path, read_image, write_png
+from kit.fileio import atomic_path, atomic_write_text, read_image, write_png
 
 PROBS_DIR = "probs"
 LABELS_DIR = "labels"
@@ -153,6 +153,24 @@ def read_predicted_labels(root: str | os.PathLike) -> tuple[pd.DataFrame, dict[s
     root = Path(root)
     index = read_index(root)
     return index, {row.image_id: read_labels(root / row.labels) for row in index.itertuples(index=False)}
+
+
+def write_tables(root: str | os.PathLike, index: pd.DataFrame, instances: pd.DataFrame) -> None:
+    """Write a predict run's predictions.csv and instances.csv under `root`."""
+    atomic_write_text(Path(root) / INDEX_FILE, index.to_csv(index=False))
+    atomic_write_text(Path(root) / INSTANCES_FILE, instances.to_csv(index=False))
+
+
+def prediction_metrics(index: pd.DataFrame) -> dict[str, float]:
+    """The metrics every predict run reports, from its predictions.csv: images, instances, instances per
+    image and seconds per image."""
+    n = len(index)
+    return {
+        "n_images": n,
+        "n_instances": int(index["n_instances"].sum()) if n else 0,
+        "instances_per_image": float(index["n_instances"].mean()) if n else 0.0,
+        "seconds_per_image": float(index["seconds"].mean()) if n else 0.0,
+    }
 
 
 class ArtifactWriter:

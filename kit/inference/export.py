@@ -9,21 +9,28 @@ file: normalisation, tiling, test-time augmentation, fold averaging and the wate
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from kit.data.normalize import normalize_image
 from kit.errors import ConfigError, KitError
-from kit.inference.tiling import SOFTMAX_GROUP, probabilities
+from kit.fileio import atomic_write_text
+from kit.models.activation import SOFTMAX_GROUP, model_activation
+
+EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 class ProbabilityNet(nn.Module):
-    """A semantic kit model followed by its output activation (softmax or per-channel sigmoid)."""
+    """A semantic kit model followed by its recorded output activation (softmax or per-channel sigmoid)."""
 
-    def __init__(self, model: nn.Module, mode: str = "softmax") -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if model.kit_cfg.get("task") != "semantic":
             raise ConfigError(
@@ -31,9 +38,11 @@ class ProbabilityNet(nn.Module):
             )
         self.model = model.eval()
         self.channels = tuple(model.kit_cfg["channels"])
-        probabilities(torch.zeros(1, len(self.channels), 1, 1), self.channels, mode)  # checks mode/channels
+        activation = model_activation(model)
         group = (
-            [i for i, name in enumerate(self.channels) if name in SOFTMAX_GROUP] if mode == "softmax" else []
+            [i for i, name in enumerate(self.channels) if name in SOFTMAX_GROUP]
+            if activation == "softmax"
+            else []
         )
         # Per output channel: its column in the softmax of the group, or -1 for a sigmoid. Slicing and
         # concatenating (rather than `probabilities`' in-place index assignment) exports cleanly.
@@ -117,3 +126,69 @@ def pad_to(x: np.ndarray, multiple: int) -> np.ndarray:
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw))) if ph or pw else x
+
+
+def network_input(image: np.ndarray, in_channels: int, multiple: int) -> np.ndarray:
+    """What an exported file takes for one raw image: `normalize_image(image) / 255` as float32
+    (1, C, H, W), zero-padded at the bottom and right to multiples of `multiple`."""
+    x = normalize_image(np.asarray(image), in_channels).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    return pad_to(np.ascontiguousarray(x), multiple)
+
+
+def export_segmenter(
+    segmenter: Any,
+    out_dir: Path,
+    images: Sequence[np.ndarray],
+    *,
+    formats: Sequence[str] = EXPORT_FORMATS,
+    source: str = "",
+) -> list[dict]:
+    """Export the network of every fold model of a semantic `kit.Segmenter` as `formats` into `out_dir`
+    (`model<k>.pt`, `model<k>.onnx`), each checked against PyTorch on `images` (raw, normalised as in
+    training); `export.json` describes the input, the output, what the files leave out, and for each file
+    its largest absolute difference on the checked images. Returns those per-file records."""
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown:
+        raise ConfigError(
+            f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}"
+        )
+    if getattr(segmenter, "task", None) != "semantic":
+        raise ConfigError(f"{source or 'this model'}: only U-Net/FPN models export (their network)")
+    if not images:
+        raise ConfigError("exporting needs at least one image to check the exported files on")
+    stride = segmenter.models[0].kit_cfg["output_stride"]
+    batches = [network_input(image, segmenter.in_channels, stride) for image in images]
+    writers = {
+        "torchscript": (export_torchscript, run_torchscript, ".pt"),
+        "onnx": (export_onnx, run_onnx, ".onnx"),
+    }
+    records = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, network in enumerate(segmenter.models):
+        net = ProbabilityNet(network.cpu())
+        with torch.no_grad():
+            expected = [net(torch.from_numpy(b)).numpy() for b in batches]
+        for fmt in formats:
+            write, run, suffix = writers[fmt]
+            path = write(net, out_dir / f"model{k}{suffix}", torch.from_numpy(batches[0]))
+            diff = max(float(np.abs(run(path, b) - e).max()) for b, e in zip(batches, expected, strict=True))
+            records.append(
+                {
+                    "file": path.name,
+                    "format": fmt,
+                    "fold_model": k,
+                    "max_abs_diff": diff,
+                    "checked_on": [list(b.shape) for b in batches],
+                }
+            )
+    info = {
+        "source": source,
+        "input": "float32 (N, C, H, W) in [0, 1]: normalize_image(image) / 255, H and W multiples of "
+        f"{stride} (pad at the bottom/right)",
+        "output": f"probabilities (N, K, H, W), channels {list(net.channels)}",
+        "not_included": "normalisation, tiling, test-time augmentation, fold averaging, watershed post-processing",
+        "thresholds": segmenter.thresholds.model_dump(mode="json"),
+        "files": records,
+    }
+    atomic_write_text(out_dir / "export.json", json.dumps(info, indent=2))
+    return records

@@ -164,21 +164,22 @@ class InstancePredictor:
         self._detectors = [model_detector(m, amp) for m in self.models]
         self.transforms = TRANSFORMS[tta]
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
-        self.vote_iou = vote_iou
-        n_copies = len(self.models) * len(self.transforms)
-        self.min_votes = max(1, math.ceil(min_vote_fraction * n_copies - 1e-9))
+        self.vote_iou, self.min_vote_fraction = vote_iou, min_vote_fraction
 
     @torch.no_grad()
-    def predict_detections(self, image: np.ndarray) -> Detections:
-        """Candidates of one image, merged over models and TTA transforms."""
+    def predict_detections(self, image: np.ndarray, tta: str | None = None) -> Detections:
+        """Candidates of one image, merged over models and the transforms of `tta` (default the
+        predictor's)."""
+        transforms = self.transforms if tta is None else TRANSFORMS[tta]
         x = image_tensor(image, self.in_channels, self.device)
         copies = [
             predict_tiled_instances(
                 detect, d4_forward(x, k), tile=self.tile, overlap=self.overlap, batch_size=self.batch_size
             ).d4_inverse(k)
             for detect in self._detectors
-            for k in self.transforms
+            for k in transforms
         ]
         if len(copies) == 1:
             return copies[0]
-        return merge_detections(copies, iou_threshold=self.vote_iou, min_votes=self.min_votes)
+        min_votes = max(1, math.ceil(self.min_vote_fraction * len(copies) - 1e-9))
+        return merge_detections(copies, iou_threshold=self.vote_iou, min_votes=min_votes)

@@ -30,14 +30,14 @@ class Predictor:
     """Probability maps (K, H, W) float32 for a normalised uint8 H×W×C image.
 
     `models` share channels and input channels (e.g. the K fold models of one experiment); their
-    probabilities are averaged. `mode` is the loss mode the models were trained with ("softmax"/"bce").
+    probabilities (each under its own recorded activation) are averaged. `tta` is the default test-time
+    augmentation; `predict_probs` may choose another per call.
     """
 
     def __init__(
         self,
         models: Sequence[nn.Module],
         *,
-        mode: str = "softmax",
         tta: str = "none",
         scales: Sequence[float] = (1.0,),
         tile: int = 512,
@@ -54,7 +54,7 @@ class Predictor:
         self.channels: tuple[str, ...] = tuple(cfg["channels"])
         self.in_channels: int = int(cfg["in_channels"])
         self.multiple: int = int(cfg["output_stride"])
-        self._fns = [model_predictor(m, mode) for m in self.models]
+        self._fns = [model_predictor(m) for m in self.models]
         self.tta, self.scales = tta, tuple(scales)
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.amp = amp and self.device.type == "cuda"
@@ -64,8 +64,10 @@ class Predictor:
         return image_tensor(image, self.in_channels, self.device).unsqueeze(0)
 
     @torch.no_grad()
-    def predict_probs(self, image: np.ndarray) -> np.ndarray:
-        """Averaged probability maps (K, H, W) of one normalised uint8 H×W×C image."""
+    def predict_probs(self, image: np.ndarray, tta: str | None = None) -> np.ndarray:
+        """Averaged probability maps (K, H, W) of one normalised uint8 H×W×C image (TTA `tta`, default
+        the predictor's)."""
+        tta = tta or self.tta
         x = self.image_tensor(image)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         total = None
@@ -79,7 +81,7 @@ class Predictor:
                     multiple=self.multiple,
                     batch_size=self.batch_size,
                 )
-                probs = predict_tta(tiled, x, self.tta, self.scales)
+                probs = predict_tta(tiled, x, tta, self.scales)
                 total = probs if total is None else total + probs
         assert total is not None
         return (total / len(self._fns))[0].float().cpu().numpy()

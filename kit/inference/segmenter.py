@@ -1,17 +1,17 @@
-"""A trained model as an object: image → instance label image, for every model family.
+"""`Segmenter`: the fold networks of one training run as a model object (`SegmentationModel`).
 
-`Segmenter` is kit's public model (what StarDist's `predict_instances` and Cellpose's `eval` are there):
-built from checkpoint files (`Segmenter.from_checkpoints`, no MLflow needed; `kit.load_segmenter` also
-takes runs, experiments and model URIs), it normalises a raw image as in training, predicts it with its
-fold models averaged, tiled and test-time augmented, and post-processes it with the run's (tuned)
-settings. `kit predict` and validation during training run the same code.
+`Segmenter` is kit's public model for networks (what StarDist's `predict_instances` and Cellpose's `eval`
+are there): built from checkpoint files (`Segmenter.from_checkpoints`, no MLflow needed;
+`kit.load_segmenter` also takes runs, experiments and model URIs), it normalises a raw image as in
+training, predicts it with its fold models averaged, tiled and test-time augmented, and post-processes
+it with its stored (tuned) thresholds. `kit predict` and validation during training run the same code.
 
-`build_segmenter` reads the models' task (`kit.models.model_task`):
+`build_segmenter` makes the part after normalisation from the models' task (`kit.models.model_task`):
 
 - semantic (U-Net, FPN): `Predictor` (tiles with Gaussian blending, TTA, fold models' maps averaged),
-  then the watershed of `instances_from_probs` with `cfg.postprocess`;
+  then the watershed of `instances_from_probs` with `WatershedThresholds`;
 - instance (Mask R-CNN): `InstancePredictor` (tiles, TTA and fold models merged by mask voting), then
-  `detections_to_labels` with `cfg.instances`.
+  `detections_to_labels` with `DetectionThresholds`.
 
 Both return a `Segmentation`, so the predict stage writes them in one layout.
 """
@@ -20,93 +20,64 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from kit.config import ExperimentConfig, config_from_dict
+from kit.config import DetectionThresholds, ExperimentConfig, WatershedThresholds, config_from_dict
 from kit.data.normalize import normalize_image
 from kit.errors import ConfigError, DataError, KitError
 from kit.fileio import atomic_write_text
+from kit.inference.contract import Segmentation, SegmentationModel
 from kit.inference.instance_predictor import InstancePredictor
 from kit.inference.instances import detections_to_labels
 from kit.inference.postprocess import instances_from_probs
 from kit.inference.predictor import Predictor
+from kit.inference.thresholds import (
+    THRESHOLDS_FILE,
+    Thresholds,
+    as_thresholds,
+    read_thresholds,
+    with_overrides,
+    write_thresholds,
+)
 from kit.models.registry import model_task
 
-
-@dataclass
-class Segmentation:
-    """One image's prediction.
-
-    labels: int32 (H, W), 0 = background, 1..N; probs: float32 (K, H, W) maps named by `channels`
-    (semantic: the network's channels; instance: "mask", the highest score × mask probability per pixel);
-    scores: float32 (N,), the detection score of label i at index i − 1 (instance models; the predicted
-    IoU for the ensemble); estimated_score: the ensemble's estimate of the image's DSB score (else NaN),
-    estimate_flag: "ok" when the image is like those the estimate was calibrated on, else why not.
-    """
-
-    labels: np.ndarray
-    probs: np.ndarray
-    channels: tuple[str, ...]
-    scores: np.ndarray | None = None
-    estimated_score: float = float("nan")
-    estimate_flag: str = ""
-
-    def foreground(self) -> np.ndarray | None:
-        """The map instance tables average inside each instance: "body", else "mask", else None."""
-        for name in ("body", "mask"):
-            if name in self.channels:
-                return self.probs[self.channels.index(name)]
-        return None
-
-    def instances(self) -> pd.DataFrame:
-        """One row per instance: label, area (pixels), mean_prob (of `foreground`), score (detection
-        score of instance models; NaN for semantic ones)."""
-        flat = self.labels.ravel()
-        areas = np.bincount(flat)
-        ids = np.flatnonzero(areas)
-        ids = ids[ids > 0]
-        body = self.foreground()
-        sums = np.bincount(flat, weights=body.ravel(), minlength=areas.size) if body is not None else None
-        return pd.DataFrame(
-            {
-                "label": ids.astype(np.int64),
-                "area": areas[ids].astype(np.int64),
-                "mean_prob": sums[ids] / areas[ids] if sums is not None else np.nan,
-                "score": self.scores[ids - 1] if self.scores is not None else np.nan,
-            }
-        )
+MODEL_FILE = "kit_model.json"
+MODEL_FORMAT = "kit-model-1"
 
 
 class SemanticSegmenter:
-    """`Predictor` maps → watershed instances (`instances_from_probs` with `postprocess` kwargs)."""
+    """Normalised image → `Predictor` maps → watershed instances under `WatershedThresholds`."""
 
-    def __init__(self, predictor: Predictor, postprocess: dict) -> None:
-        self.predictor, self.postprocess = predictor, postprocess
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
         self.in_channels = predictor.in_channels
 
-    def __call__(self, image: np.ndarray) -> Segmentation:
-        probs = self.predictor.predict_probs(image)
-        labels = instances_from_probs(probs, self.predictor.channels, **self.postprocess)
+    def __call__(
+        self, image: np.ndarray, thresholds: WatershedThresholds, tta: str | None = None
+    ) -> Segmentation:
+        probs = self.predictor.predict_probs(image, tta)
+        labels = instances_from_probs(probs, self.predictor.channels, **thresholds.model_dump())
         return Segmentation(labels, probs, self.predictor.channels)
 
 
 class InstanceSegmenter:
-    """`InstancePredictor` detections → label image (`detections_to_labels` with `instances` kwargs)."""
+    """Normalised image → `InstancePredictor` detections → label image under `DetectionThresholds`."""
 
-    def __init__(self, predictor: InstancePredictor, instances: dict) -> None:
-        self.predictor, self.instances = predictor, instances
+    def __init__(self, predictor: InstancePredictor) -> None:
+        self.predictor = predictor
         self.in_channels = predictor.in_channels
 
-    def __call__(self, image: np.ndarray) -> Segmentation:
-        detections = self.predictor.predict_detections(image)
-        labels, scores = detections_to_labels(detections, **self.instances)
+    def __call__(
+        self, image: np.ndarray, thresholds: DetectionThresholds, tta: str | None = None
+    ) -> Segmentation:
+        detections = self.predictor.predict_detections(image, tta)
+        labels, scores = detections_to_labels(detections, **thresholds.model_dump())
         return Segmentation(labels, detections.probability_map()[None], self.predictor.channels, scores)
 
 
@@ -114,16 +85,12 @@ def build_segmenter(
     models: Sequence[nn.Module],
     cfg: ExperimentConfig,
     *,
-    mode: str | None = None,
     tta: str = "none",
     device: torch.device | str | None = None,
     amp: bool = True,
-    postprocess: dict | None = None,
 ) -> SemanticSegmenter | InstanceSegmenter:
-    """A segmenter over `models` (all of one task) with the inference and post-processing settings of
-    `cfg`. `mode` is the loss mode semantic models trained with (default `cfg.training.loss.mode`);
-    `postprocess` replaces the post-processing settings (`cfg.postprocess` for semantic models,
-    `instance_settings(cfg)` for instance models), e.g. with values tuned out of fold."""
+    """Normalised image → `Segmentation` over `models` (all of one task) with the inference settings
+    (tiling, scales, TTA merging) of `cfg`; thresholds are given per call."""
     tasks = {model_task(m) for m in models}
     if len(tasks) != 1:
         raise ConfigError(f"cannot combine models of different tasks {sorted(tasks)}")
@@ -145,10 +112,9 @@ def build_segmenter(
             vote_iou=ins.vote_iou,
             min_vote_fraction=ins.min_vote_fraction,
         )
-        return InstanceSegmenter(predictor, postprocess or instance_settings(cfg))
+        return InstanceSegmenter(predictor)
     predictor = Predictor(
         models,
-        mode=mode or cfg.training.loss.mode,
         tta=tta,
         scales=inf.scales,
         tile=inf.tile,
@@ -157,30 +123,27 @@ def build_segmenter(
         device=device,
         amp=amp,
     )
-    return SemanticSegmenter(predictor, postprocess or cfg.postprocess.model_dump(exclude={"tuned"}))
+    return SemanticSegmenter(predictor)
 
 
-def instance_settings(cfg: ExperimentConfig) -> dict:
-    """The `detections_to_labels` settings of `cfg.instances`."""
-    keys = {"score_threshold", "mask_threshold", "min_size", "min_area_fraction", "overlap"}
-    return cfg.instances.model_dump(include=keys)
-
-
-def postprocess_settings(cfg: ExperimentConfig, task: str) -> dict:
-    """The post-processing settings of a model of `task`: the watershed's (`cfg.postprocess`) for
-    semantic models, `instance_settings` for instance models."""
+def default_thresholds(cfg: ExperimentConfig, task: str) -> Thresholds:
+    """The thresholds `cfg` gives a model of `task`: its `postprocess` section (semantic models) or the
+    `DetectionThresholds` of its `instances` section (instance models)."""
     if task == "instance":
-        return instance_settings(cfg)
-    return cfg.postprocess.model_dump(exclude={"tuned"})
+        return as_thresholds(DetectionThresholds, cfg.instances, f"instances of {cfg.name}")
+    return as_thresholds(WatershedThresholds, cfg.postprocess, f"postprocess of {cfg.name}")
 
 
-class Segmenter:
-    """A trained model: raw image → instance label image (see the module docstring).
+class Segmenter(SegmentationModel):
+    """The fold networks of one run: raw image → instance label image (see the module docstring).
 
     `models` are the fold models of one run (averaged), `config` the experiment config they trained
-    with (normalisation channels, tiling, TTA, post-processing); `tta` and `postprocess` override the
-    config's `inference.tta` and `postprocess` settings (e.g. thresholds tuned out of fold).
+    with (normalisation channels, tiling, TTA, default thresholds); `tta` overrides the config's
+    `inference.tta`, and `thresholds` (a mapping of some keys, or a whole thresholds object) the
+    config's thresholds, e.g. with values tuned out of fold.
     """
+
+    kind = "segmenter"
 
     def __init__(
         self,
@@ -189,7 +152,7 @@ class Segmenter:
         *,
         tta: str | None = None,
         device: torch.device | str | None = None,
-        postprocess: dict | None = None,
+        thresholds: Mapping[str, Any] | Thresholds | None = None,
     ) -> None:
         if not models:
             raise ConfigError("a Segmenter needs at least one model")
@@ -203,14 +166,8 @@ class Segmenter:
         self.models = [m.to(self.device).eval() for m in models]
         self.tta = tta or config.inference.tta
         self.task: str = models[0].kit_cfg["task"]
-        self.postprocess = {**postprocess_settings(config, self.task), **(postprocess or {})}
-        self.core = build_segmenter(
-            self.models,
-            config,
-            tta=self.tta,
-            device=self.device,
-            postprocess=self.postprocess,
-        )
+        self.thresholds = with_overrides(default_thresholds(config, self.task), thresholds)
+        self.core = build_segmenter(self.models, config, tta=self.tta, device=self.device)
         self.in_channels: int = self.core.in_channels
 
     @classmethod
@@ -220,7 +177,7 @@ class Segmenter:
         *,
         tta: str | None = None,
         device: torch.device | str | None = None,
-        postprocess: dict | None = None,
+        thresholds: Mapping[str, Any] | Thresholds | None = None,
     ) -> Segmenter:
         """The models saved in one or several kit checkpoint files (e.g. every fold's best.pt), with the
         experiment config stored in the first. A folder stands for the `*.pt` files in it."""
@@ -229,29 +186,18 @@ class Segmenter:
         files = _checkpoint_files(paths)
         loaded = [load_checkpoint(f, map_location=device or "cpu") for f in files]
         config = config_from_dict(loaded[0][1], f"the config stored in {files[0]}")
-        return cls([m for m, _, _ in loaded], config, tta=tta, device=device, postprocess=postprocess)
+        return cls([m for m, _, _ in loaded], config, tta=tta, device=device, thresholds=thresholds)
 
-    def segment(self, image: np.ndarray) -> Segmentation:
-        """Instances of an image already normalised (`normalize_image`, uint8 H×W×`in_channels`)."""
-        return self.core(image)
-
-    def predict(self, image, *, details: bool = False):
-        """Instance labels (int32 H×W, 0 = background) of a raw image (H×W or H×W×C, any dtype), or a
-        list of labels for a list of images. With `details`, a `Segmentation` instead (labels,
-        probability maps, channel names, scores; `.instances()` gives the per-instance table)."""
-        if isinstance(image, (list, tuple)):
-            return [self.predict(im, details=details) for im in image]
+    def segment(self, image: np.ndarray, *, thresholds: Thresholds, tta: str | None) -> Segmentation:
+        """The prediction of one raw image: normalised as in training, then the fold models."""
         try:
             normalized = normalize_image(np.asarray(image), self.in_channels)
         except ValueError as exc:
             raise DataError(f"cannot segment this image: {exc}") from None
-        out = self.segment(normalized)
-        return out if details else out.labels
-
-    __call__ = predict
+        return self.core(normalized, thresholds, tta or self.tta)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the model as a folder (`MODEL_FILE` + one checkpoint per fold model) that `load` reads."""
+        """Write the model as a folder (`MODEL_FILE`, `thresholds.json`, one checkpoint per fold model)."""
         from kit.models.checkpoint import save_checkpoint
 
         folder = Path(folder)
@@ -259,13 +205,8 @@ class Segmenter:
         names = [f"model{i}.pt" for i in range(len(self.models))]
         for name, model in zip(names, self.models, strict=True):
             save_checkpoint(folder / name, model, self.config.to_dict())
-        info = {
-            "format": MODEL_FORMAT,
-            "kind": "segmenter",
-            "checkpoints": names,
-            "tta": self.tta,
-            "postprocess": self.postprocess,
-        }
+        write_thresholds(folder, self.thresholds)
+        info = {"format": MODEL_FORMAT, "kind": self.kind, "checkpoints": names, "tta": self.tta}
         atomic_write_text(folder / MODEL_FILE, json.dumps(info, indent=2))
         return folder
 
@@ -275,17 +216,21 @@ class Segmenter:
     ) -> Segmenter:
         """A model folder written by `save` (its TTA mode unless `tta` is given)."""
         folder = Path(folder)
-        info = read_model_info(folder, "segmenter")
+        info = read_model_info(folder, cls.kind)
         return cls.from_checkpoints(
             [folder / name for name in info["checkpoints"]],
             tta=tta or info.get("tta"),
             device=device,
-            postprocess=info.get("postprocess"),
+            thresholds=_stored_thresholds(folder, info),
         )
 
 
-MODEL_FILE = "kit_model.json"
-MODEL_FORMAT = "kit-model-1"
+def _stored_thresholds(folder: Path, info: dict) -> Thresholds | Mapping[str, Any] | None:
+    """The thresholds of a model folder: thresholds.json, or the `postprocess` settings of a
+    `MODEL_FILE` written before thresholds had their own file."""
+    if (folder / THRESHOLDS_FILE).is_file():
+        return read_thresholds(folder)
+    return info.get("postprocess")
 
 
 def read_model_info(folder: Path, kind: str | None = None) -> dict:

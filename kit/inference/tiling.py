@@ -9,47 +9,25 @@ leaks into the result while the neighbouring tile covers them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kit.errors import ConfigError
-
-SOFTMAX_GROUP = ("body", "border", "background")
-PROB_MODES = ("softmax", "bce")
+from kit.models.activation import model_activation, probabilities
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def probabilities(logits: torch.Tensor, channels: Sequence[str], mode: str = "softmax") -> torch.Tensor:
-    """Logits (N, K, H, W) → float32 probabilities (N, K, H, W).
-
-    "softmax": softmax over the exclusive channels of `SOFTMAX_GROUP` present in `channels` (at least
-    two), sigmoid for every other channel (e.g. "mask"). "bce": sigmoid for every channel.
-    """
-    if mode not in PROB_MODES:
-        raise ConfigError(f"unknown probability mode {mode!r}; choose one of {', '.join(PROB_MODES)}")
-    if logits.shape[1] != len(channels):
-        raise ConfigError(f"logits have {logits.shape[1]} channels but {len(channels)} names: {channels}")
-    logits = logits.float()
-    if mode == "bce":
-        return torch.sigmoid(logits)
-    group = [i for i, name in enumerate(channels) if name in SOFTMAX_GROUP]
-    if len(group) < 2:
-        raise ConfigError(f"softmax mode needs at least two of {SOFTMAX_GROUP} in channels, got {channels}")
-    probs = torch.sigmoid(logits)
-    probs[:, group] = torch.softmax(logits[:, group], dim=1)
-    return probs
-
-
-def model_predictor(model: nn.Module, mode: str = "softmax") -> PredictFn:
+def model_predictor(model: nn.Module) -> PredictFn:
     """A `predict_fn` for `predict_tiled` / `predict_tta`: moves each batch to the model's device and
-    returns probabilities for `model.kit_cfg["channels"]`. Put the model in eval mode first."""
+    returns probabilities for `model.kit_cfg["channels"]` under the model's own activation. Put the model
+    in eval mode first."""
     device = next(model.parameters()).device
-    channels = model.kit_cfg["channels"]
-    return lambda x: probabilities(model(x.to(device)), channels, mode)
+    channels, activation = model.kit_cfg["channels"], model_activation(model)
+    return lambda x: probabilities(model(x.to(device)), channels, activation)
 
 
 def _ceil_to(n: int, multiple: int) -> int:

@@ -20,7 +20,8 @@ from torch import nn
 
 from kit.errors import KitError
 from kit.fileio import atomic_path
-from kit.models.registry import create_model
+from kit.models.activation import activation_for_loss
+from kit.models.registry import create_model, model_arguments
 
 FORMAT = "kit-checkpoint-1"
 
@@ -87,10 +88,22 @@ def load_checkpoint(
         raise KitError(f"cannot read checkpoint {path}: not a kit checkpoint ({reason})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise KitError(f"{path} is not a kit checkpoint (expected format {FORMAT!r})")
-    model = create(payload["model_name"], **payload["model_kwargs"])
+    kwargs = payload["model_kwargs"]
+    if create is create_model:
+        kwargs = _migrated_kwargs(payload["model_name"], kwargs, payload.get("config") or {})
+    model = create(payload["model_name"], **kwargs)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
         raise KitError(f"checkpoint {path} does not fit model {payload['model_name']!r}: {e}") from e
     model.to(map_location).eval()
     return model, payload["config"], payload["extra"]
+
+
+def _migrated_kwargs(name: str, kwargs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Builder arguments of a checkpoint written before semantic models recorded their activation: the
+    activation then follows from the loss mode of the config stored beside the weights."""
+    if "activation" in kwargs or "activation" not in model_arguments(name):
+        return kwargs
+    mode = ((config.get("training") or {}).get("loss") or {}).get("mode", "softmax")
+    return {**kwargs, "activation": activation_for_loss(mode)}

@@ -16,6 +16,7 @@ import segmentation_models_pytorch as smp
 import timm
 
 from kit.errors import ConfigError
+from kit.models.activation import Activation, check_activation
 from kit.models.registry import closest_match_hint, register_model
 from kit.models.weights import load_matching, read_state_dict
 from kit.models.weights_folder import resolve_pretrained
@@ -33,12 +34,15 @@ def unet(
     pretrained: bool | str | Path = False,
     encoder_depth: int = 5,
     decoder_channels: Sequence[int] | None = None,
+    activation: Activation = "softmax",
 ) -> smp.Unet:
     """U-Net on a timm encoder (with or without "tu-").
 
     `pretrained`: False = random init, True = ImageNet weights from the weights folder or the hub, a
     path = a local encoder state_dict or checkpoint (`kit.models.weights_folder`, `load_encoder_weights`). `decoder_channels` has one
-    entry per encoder stage (default (256, 128, 64, 32, 16)[:encoder_depth]).
+    entry per encoder stage (default (256, 128, 64, 32, 16)[:encoder_depth]). `activation` turns the
+    logits into probabilities (`kit.models.activation`: "softmax" over body/border/background, or an
+    independent "sigmoid" per channel) and is recorded on the model for inference.
     """
     _check_depth("unet", encoder_depth, 1)
     decoder_channels = tuple(decoder_channels or _UNET_DECODER_CHANNELS[:encoder_depth])
@@ -55,6 +59,7 @@ def unet(
         channels,
         pretrained,
         encoder_depth,
+        activation,
         decoder_channels=decoder_channels,
     )
 
@@ -67,6 +72,7 @@ def fpn(
     pretrained: bool | str | Path = False,
     encoder_depth: int = 5,
     decoder_channels: Sequence[int] | None = None,
+    activation: Activation = "softmax",
 ) -> smp.FPN:
     """FPN on a timm encoder; arguments as for `unet` except `decoder_channels`.
 
@@ -84,6 +90,7 @@ def fpn(
         channels,
         pretrained,
         encoder_depth,
+        activation,
         decoder_pyramid_channels=decoder_channels[0],
         decoder_segmentation_channels=decoder_channels[1],
         # smp's FPN head sits at stride 2**(depth - 3) but always upsamples by 4 unless told otherwise.
@@ -115,8 +122,10 @@ def _build(
     channels: Sequence[str],
     pretrained: bool | str | Path,
     encoder_depth: int,
+    activation: Activation,
     **decoder_kwargs: object,
 ) -> smp.base.SegmentationModel:
+    check_activation(activation, tuple(channels))
     name = timm_name(encoder)
     channels = tuple(channels)
     if not channels:
@@ -139,6 +148,7 @@ def _build(
         "encoder": name,
         "in_channels": in_channels,
         "channels": channels,
+        "activation": activation,
         "output_stride": int(model.encoder.output_stride),
         "encoder_depth": encoder_depth,
         "weights": weights,

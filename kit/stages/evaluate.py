@@ -24,10 +24,10 @@ from kit.config import ExperimentConfig
 from kit.data.dataset import open_dataset
 from kit.errors import DataError
 from kit.fileio import atomic_write_text
+from kit.inference.artifacts import read_predicted_labels
 from kit.metrics import Evaluation, evaluate, plot_ap_curves
 from kit.metrics.report import summary_metrics, write_report
-from kit.stages.predict import load_predicted_labels
-from kit.tracking.schema import Role, Tag, find_predict_run, role_tags
+from kit.tracking.schema import Role, Tag, find_predict_run, role_tags, run_folder
 
 OUTPUT_DIR = Path("outputs") / "evaluate"
 
@@ -69,7 +69,7 @@ def predicted_pairs(cfg: ExperimentConfig, kind: str = "oof", predict_run_id: st
     Every predicted image must have truth in `cfg.data.root`; otherwise a `DataError` names it.
     """
     run = find_predict_run(cfg.mlflow_experiment, kind, predict_run_id)
-    _, predicted = load_predicted_labels(run)
+    _, predicted = read_predicted_labels(run_folder(run))
     dataset = open_dataset(cfg.data.root)
     missing = [i for i in predicted if i not in dataset or dataset.mask_paths(i) is None]
     if missing:

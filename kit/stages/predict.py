@@ -23,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,37 +31,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kit import tracking
 from kit.config import ExperimentConfig
 from kit.data.dataset import NucleiDataset, open_dataset
 from kit.errors import ConfigError, DataError
 from kit.fileio import atomic_write_text, read_image
 from kit.inference.artifacts import (
     INDEX_COLUMNS,
-    INDEX_FILE,
     INSTANCE_COLUMNS,
-    INSTANCES_FILE,
     POSTPROCESS_FILE,
     ArtifactWriter,
-    read_predicted_labels,
+    prediction_metrics,
     read_probs,
+    write_tables,
 )
-from kit.inference.segmenter import Segmenter, postprocess_settings
+from kit.inference.contract import SegmentationModel
+from kit.inference.segmenter import Segmenter, default_thresholds
+from kit.inference.thresholds import Thresholds, with_overrides
 from kit.inference.tta import check_tta
 from kit.models import task_of
+from kit.tracking.records import record_predict_run
 from kit.tracking.schema import (
-    CONFIG_FILE,
     TUNED_POSTPROCESS_FILE,
     FoldModel,
-    Role,
     Tag,
     find_train_run,
     fold_models,
-    load_json_artifact,
     log_artifact_to,
-    role_tags,
     run_config,
-    run_folder,
+    tuned_postprocess,
 )
 
 log = logging.getLogger(__name__)
@@ -114,13 +111,18 @@ def predict_experiment(
         raise ConfigError(f"choose one of --split, --oof and --input, got {' and '.join(chosen)}")
     tta = tta or cfg.inference.tta
     check_tta(tta)
+    started_at = time.time()
     experiment = cfg.mlflow_experiment
     train = find_train_run(experiment, train_run_id)
     folds = fold_models(train)
     kind, groups, dataset = _plan(cfg, train, folds, split=split, oof=oof, input_dir=input_dir)
     task = task_of(cfg.model.name)
     tuned = tuned_postprocess(train) if cfg.postprocess.tuned and kind != "oof" else None
-    postprocess = {**postprocess_settings(cfg, task), **(tuned or {}).get("params", {})}
+    thresholds = with_overrides(
+        default_thresholds(cfg, task),
+        (tuned or {}).get("params"),
+        f"{TUNED_POSTPROCESS_FILE} of {train.info.run_id}",
+    )
     inf = cfg.inference
     params = {
         "tta": tta,
@@ -136,28 +138,27 @@ def predict_experiment(
     tags = {Tag.TRAIN_RUN: train.info.run_id, Tag.FOLD_RUNS: ",".join(f"{f.fold}:{f.run_id}" for f in folds)}
     with tempfile.TemporaryDirectory(prefix=f"kit-predict-{cfg.name}-") as tmp:
         root = Path(tmp)
-        index, instances = _predict_groups(
-            _fold_groups(groups, cfg, postprocess, tta, device), root, progress
-        )
+        index, instances = _predict_groups(_fold_groups(groups, cfg, thresholds, tta, device), root, progress)
         tuning = None
         if kind == "oof" and cfg.postprocess.tuned and not index.empty:
-            tuning = _tune_on_oof(root, index, instances, dataset, postprocess, task)
-            postprocess, instances = tuning["params_used"], tuning.pop("instances")
-        params.update({f"postprocess.{k}": v for k, v in postprocess.items()})
-        atomic_write_text(root / POSTPROCESS_FILE, json.dumps(postprocess, indent=2))
+            tuning = _tune_on_oof(root, index, instances, dataset, thresholds, task)
+            thresholds, instances = tuning["thresholds"], tuning.pop("instances")
+        params.update({f"postprocess.{k}": v for k, v in thresholds.model_dump().items()})
+        atomic_write_text(root / POSTPROCESS_FILE, thresholds.model_dump_json(indent=2))
+        write_tables(root, index, instances)
         run_id = record_predict_run(
             experiment,
             cfg.name,
             kind,
             root,
-            index,
-            instances,
             tags=tags,
             params=params,
-            config_yaml=cfg.to_yaml(),
-            dataset=dataset,
+            metrics={**prediction_metrics(index), **(tuning["metrics"] if tuning else {})},
             command=command,
-            metrics=tuning["metrics"] if tuning else None,
+            started_at=started_at,
+            config_yaml=cfg.to_yaml(),
+            manifest=dataset.root / "manifest.csv" if dataset else None,
+            dataset_name=dataset.name if dataset else "",
         )
         if tuning is not None:
             record = {**tuning["record"], "oof_predict_run": run_id}
@@ -165,7 +166,7 @@ def predict_experiment(
             log_artifact_to(train.info.run_id, root / TUNED_POSTPROCESS_FILE)
             log_artifact_to(run_id, root / TUNED_POSTPROCESS_FILE)
             if cfg.tracking.log_model:
-                from kit.stages.train import log_train_model
+                from kit.hub import log_train_model
 
                 log_train_model(train.info.run_id)
     return PredictOutcome(run_id, experiment, kind, train.info.run_id, index, instances)
@@ -186,10 +187,11 @@ def predict_with_model(
     """Predict the images of `input_dir` (or split `split` of the dataset at `data_root`) with the model
     `source` (anything `kit.load_segmenter` takes: a model URI, a run id, an experiment, a checkpoint),
     as a predict run of MLflow experiment `experiment` tagged `kit.model_source`."""
-    from kit.stages.model import load_segmenter
+    from kit.hub import load_segmenter
 
     if (input_dir is None) == (data_root is None):
         raise ConfigError("give one of --input DIR and --data ROOT (with --split) to predict with --model")
+    started_at = time.time()
     model = load_segmenter(source, tta=tta, device=device)
     dataset = None
     if input_dir is not None:
@@ -205,91 +207,23 @@ def predict_with_model(
     with tempfile.TemporaryDirectory(prefix="kit-predict-model-") as tmp:
         root = Path(tmp)
         index, instances = _predict_groups([_Group(lambda: model, "", "", jobs)], root, progress)
-        postprocess = getattr(model, "postprocess", None)
-        if postprocess is not None:
-            atomic_write_text(root / POSTPROCESS_FILE, json.dumps(postprocess, indent=2))
+        atomic_write_text(root / POSTPROCESS_FILE, model.thresholds.model_dump_json(indent=2))
+        write_tables(root, index, instances)
         run_id = record_predict_run(
             experiment,
             name[:60],
             kind,
             root,
-            index,
-            instances,
             tags={Tag.MODEL_SOURCE: str(source)},
-            params={
-                "model": str(source)[:500],
-                "tta": getattr(model, "tta", ""),
-                "input": str(input_dir or ""),
-            },
-            config_yaml=model.config.to_yaml() if hasattr(model, "config") else None,
-            dataset=dataset,
+            params={"model": str(source)[:500], "tta": model.tta, "input": str(input_dir or "")},
+            metrics=prediction_metrics(index),
             command=command,
+            started_at=started_at,
+            config_yaml=model.config.to_yaml() if isinstance(model, Segmenter) else None,
+            manifest=dataset.root / "manifest.csv" if dataset else None,
+            dataset_name=dataset.name if dataset else "",
         )
     return PredictOutcome(run_id, experiment, kind, "", index, instances)
-
-
-def record_predict_run(
-    experiment: str,
-    name: str,
-    kind: str,
-    folder: Path,
-    index: pd.DataFrame,
-    instances: pd.DataFrame,
-    *,
-    tags: Mapping[str, str],
-    params: Mapping[str, Any],
-    command: str,
-    config_yaml: str | None = None,
-    dataset: NucleiDataset | None = None,
-    parent_run_id: str | None = None,
-    metrics: Mapping[str, float] | None = None,
-    texts: Mapping[str, str] | None = None,
-) -> str:
-    """Log a predict run of `kind` in MLflow experiment `experiment` whose per-image files are already
-    under `folder`: writes its predictions.csv and instances.csv there, logs params, the config, the
-    dataset, every file and the standard metrics; returns the run id. Used by `kit predict` (with an
-    experiment or a model) and by the ensemble's predictions."""
-    import mlflow
-
-    atomic_write_text(folder / INDEX_FILE, index.to_csv(index=False))
-    atomic_write_text(folder / INSTANCES_FILE, instances.to_csv(index=False))
-    n = len(index)
-    with tracking.start_run(
-        experiment,
-        command,
-        run_name=f"{name}-predict-{kind}",
-        tags=role_tags(Role.PREDICT, **{Tag.PREDICT_KIND: kind}, **tags),
-        parent_run_id=parent_run_id,
-    ) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        if config_yaml is not None:
-            mlflow.log_text(config_yaml, CONFIG_FILE)
-        for name, text in (texts or {}).items():
-            mlflow.log_text(text, name)
-        if dataset is not None:
-            tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="inference")
-        mlflow.log_artifacts(str(folder))
-        mlflow.log_metrics(
-            {
-                "n_images": n,
-                "n_instances": int(index["n_instances"].sum()) if n else 0,
-                "instances_per_image": float(index["n_instances"].mean()) if n else 0.0,
-                "seconds_per_image": float(index["seconds"].mean()) if n else 0.0,
-                **(metrics or {}),
-            }
-        )
-    return run.info.run_id
-
-
-def load_predicted_labels(run: Any) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """(predictions.csv, image id → int32 label image) of a predict run."""
-    return read_predicted_labels(run_folder(run))
-
-
-def tuned_postprocess(train: Any) -> dict | None:
-    """The post-processing tuned for train run `train` by its newest `kit predict --oof` (params, score,
-    start_score, n_images, oof_predict_run), or None when it was never tuned."""
-    return load_json_artifact(train, TUNED_POSTPROCESS_FILE)
 
 
 def _plan(
@@ -372,7 +306,7 @@ class _Group:
     """Images predicted by one model: how to build it (once, when the group starts) and how the index
     names it (fold numbers, fold runs)."""
 
-    make: Callable[[], Any]
+    make: Callable[[], SegmentationModel]
     folds: str
     model_runs: str
     jobs: list[_Job]
@@ -381,7 +315,7 @@ class _Group:
 def _fold_groups(
     groups: list[tuple[list[FoldModel], list[_Job]]],
     cfg: ExperimentConfig,
-    postprocess: dict,
+    thresholds: Thresholds,
     tta: str,
     device: str | None,
 ) -> list[_Group]:
@@ -393,7 +327,7 @@ def _fold_groups(
             cfg,
             tta=tta,
             device=device,
-            postprocess=postprocess,
+            thresholds=thresholds,
         )
 
     return [
@@ -460,27 +394,33 @@ def _concat(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _tune_on_oof(
-    root: Path, index: pd.DataFrame, instances: pd.DataFrame, dataset: NucleiDataset, start: dict, task: str
+    root: Path,
+    index: pd.DataFrame,
+    instances: pd.DataFrame,
+    dataset: NucleiDataset,
+    start: Thresholds,
+    task: str,
 ) -> dict:
-    """Tune the post-processing on the out-of-fold predictions under `root` (semantic models: the
-    watershed on the stored maps; instance models: the score threshold and size rule on the label images)
-    and rewrite every label image (and the index's instance counts) with the best settings. Returns
-    params_used, instances (the new table), metrics and the record to store with the train run."""
+    """Tune the thresholds on the out-of-fold predictions under `root` (semantic models: the watershed
+    on the stored maps; instance models: the score threshold and size rule on the label images) and
+    rewrite every label image (and the index's instance counts) with the best ones. Returns thresholds
+    (those used), instances (the new table), metrics and the record to store with the train run."""
     from kit.inference.artifacts import read_labels
+    from kit.inference.contract import Segmentation
     from kit.inference.postprocess import drop_small, instances_from_probs
-    from kit.inference.segmenter import Segmentation
     from kit.inference.tuning import tune_instances, tune_postprocess
 
     maps = {row.image_id: read_probs(root / row.probs) for row in index.itertuples(index=False)}
     truth = {i: np.asarray(dataset.load(i).labels) for i in maps}
     if task == "semantic":
-        result = tune_postprocess([(p, c, truth[i]) for i, (p, c) in maps.items()], start)
+        result = tune_postprocess([(p, c, truth[i]) for i, (p, c) in maps.items()], start.model_dump())
     else:
         by_image = {i: g.sort_values("label") for i, g in instances.groupby("image_id")}
         predicted = {row.image_id: read_labels(root / row.labels) for row in index.itertuples(index=False)}
         scores = {i: _label_scores(by_image.get(i), int(lab.max(initial=0))) for i, lab in predicted.items()}
-        result = tune_instances([(predicted[i], scores[i], truth[i]) for i in maps], start)
-    params = {**start, **result.params}
+        result = tune_instances([(predicted[i], scores[i], truth[i]) for i in maps], start.model_dump())
+    thresholds = with_overrides(start, result.params, "tuned thresholds")
+    params = thresholds.model_dump()
     log.info(
         "post-processing tuned on %d OOF images: %.4f -> %.4f %s",
         len(maps),
@@ -507,7 +447,7 @@ def _tune_on_oof(
             tables.append(_instance_table(row.image_id, row.folds, seg.instances()))
     atomic_write_text(root / "tuning.csv", result.trials.to_csv(index=False))
     return {
-        "params_used": params,
+        "thresholds": thresholds,
         "instances": _concat(tables),
         "metrics": {"oof_map_untuned": result.start_score, "oof_map_tuned": result.score},
         "record": {

@@ -294,8 +294,8 @@ def pseudo_labels_of(experiment: str) -> tuple[dict[str, np.ndarray], str]:
     """(image id → label image, description) of the newest predict run of `experiment`, any kind: labels
     to learn styles from where there is no truth."""
     from kit.config import PREDICT_KINDS
-    from kit.stages.predict import load_predicted_labels
-    from kit.tracking.schema import find_predict_run
+    from kit.inference.artifacts import read_predicted_labels
+    from kit.tracking.schema import find_predict_run, run_folder
 
     run = find_predict_run(experiment, kinds=PREDICT_KINDS)
-    return load_predicted_labels(run)[1], f"predict run {run.info.run_id}"
+    return read_predicted_labels(run_folder(run))[1], f"predict run {run.info.run_id}"

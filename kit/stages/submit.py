@@ -23,8 +23,8 @@ from kit.config import SUBMIT_KINDS, ExperimentConfig
 from kit.data.dataset import open_dataset
 from kit.errors import ConfigError, DataError
 from kit.fileio import atomic_path
-from kit.stages.predict import load_predicted_labels
-from kit.tracking.schema import Role, Tag, find_predict_run, role_tags
+from kit.inference.artifacts import read_predicted_labels
+from kit.tracking.schema import Role, Tag, find_predict_run, role_tags, run_folder
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -89,7 +89,7 @@ def submit_experiment(
     if kind is not None and kind not in SUBMIT_KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(SUBMIT_KINDS)}, got {kind!r}")
     run = find_predict_run(cfg.mlflow_experiment, kind or SUBMIT_KINDS, predict_run_id)
-    index, labels = load_predicted_labels(run)
+    index, labels = read_predicted_labels(run_folder(run))
     sizes = expected_images(cfg, run, index)
     _check_coverage(run.info.run_id, labels, sizes)
     path = out_dir / f"{name}.csv"

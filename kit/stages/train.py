@@ -116,18 +116,10 @@ def train_experiment(
                 {"cv_val_map_mean": float(np.mean(maps)), "cv_val_map_std": float(np.std(maps))}
             )
         if cfg.tracking.log_model:
+            from kit.hub import log_train_model
+
             log_train_model(parent.info.run_id)
     return outcome
-
-
-def log_train_model(run_id: str) -> str:
-    """Log train run `run_id`'s fold models (with its tuned post-processing, if any) as its MLflow Model;
-    the model URI. Called when training ends and again when `kit predict --oof` has tuned it."""
-    from kit.stages.model import example_image, log_run_model, model_of_run
-    from kit.tracking.schema import get_run
-
-    model = model_of_run(get_run(run_id), device="cpu")
-    return log_run_model(run_id, model, example_image(model.in_channels))
 
 
 def _resumable_parent(experiment: str) -> tuple[str, ExperimentConfig]:

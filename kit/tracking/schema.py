@@ -80,7 +80,6 @@ BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
 VAL_IDS_FILE = "val_ids.txt"
 TUNED_POSTPROCESS_FILE = "postprocess_tuned.json"
-MODEL_NAME = "model"  # the MLflow Model each train and ensemble run logs
 
 _PREDICT_HINTS = {
     "oof": "--oof",
@@ -235,6 +234,19 @@ def load_json_artifact(run: Any, path: str) -> dict | None:
         return json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{path}"))
     except Exception:  # MLflow raises several types for a missing artifact
         return None
+
+
+def tuned_postprocess(train: Any) -> dict | None:
+    """The record of the thresholds tuned for train run `train` by its newest `kit predict --oof`
+    (`params`, `score`, `start_score`, `n_images`, `oof_predict_run`), or None when it was never tuned."""
+    return load_json_artifact(train, TUNED_POSTPROCESS_FILE)
+
+
+def tuned_thresholds(train: Any) -> dict | None:
+    """The thresholds tuned out of fold for train run `train` (the `params` of `tuned_postprocess`), or
+    None when it was never tuned."""
+    record = tuned_postprocess(train)
+    return dict(record["params"]) if record and "params" in record else None
 
 
 @quiet_downloads()

@@ -28,6 +28,7 @@ from kit.errors import RunNotFoundError
 
 STORE_DIR = Path("mlruns")
 TAG_PREFIX = "kit."
+EXPERIMENT_TAG = f"{TAG_PREFIX}experiment"
 HOST_TAG = f"{TAG_PREFIX}host"
 PID_TAG = f"{TAG_PREFIX}pid"
 PROCESS_START_TAG = f"{TAG_PREFIX}process_start"
@@ -115,22 +116,32 @@ def configure() -> Any:
     return mlflow
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""What every kit experiment is to the MLflow UI: model training, so it opens on the runs table (not the
+GenAI view of traces it guesses for an experiment that does not say)."""
+
+
 def ensure_experiment(name: str) -> str:
-    """Return the id of MLflow experiment `name`, creating it (artifacts under `mlruns/`) if needed."""
+    """Return the id of MLflow experiment `name`, creating it (artifacts under `mlruns/`) if needed, and
+    marked as a model-training experiment (`EXPERIMENT_KIND`)."""
     mlflow = configure()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # a concurrent creator may have won the race
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            experiment_id = client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # a concurrent creator may have won the race
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+        else:
+            return experiment_id
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older kit, or by hand
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _git(*args: str) -> str | None:
@@ -177,7 +188,7 @@ def device_description() -> str:
 def standard_tags(experiment: str, command: str) -> dict[str, str]:
     """Tags every kit run carries: experiment, command, git state, versions, host and device."""
     tags = {
-        f"{TAG_PREFIX}experiment": experiment,
+        EXPERIMENT_TAG: experiment,
         f"{TAG_PREFIX}command": command,
         f"{TAG_PREFIX}version": __version__,
         HOST_TAG: socket.gethostname(),
@@ -284,8 +295,12 @@ def start_run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
     run_id: str | None = None,
+    started_at: float | None = None,
 ) -> Iterator[Any]:
     """Start (or, with `run_id`, resume) an MLflow run carrying the standard tags.
+
+    `started_at` (unix seconds) dates the run's start back to when its work began, for a stage that
+    opens its run only to record work already done: the run's duration then spans the work.
 
     The run ends FINISHED on success, FAILED on an exception and KILLED on Ctrl-C. When the working tree
     is dirty, its `git diff` is logged as `git_diff.patch` so the run can be reproduced. While it runs,
@@ -304,6 +319,11 @@ def start_run(
     if run_id:
         run = mlflow.start_run(run_id=run_id, nested=nested)
         mlflow.set_tags({k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
+    elif started_at is not None:
+        created = mlflow.MlflowClient().create_run(
+            experiment_id, start_time=int(started_at * 1000), tags=all_tags, run_name=run_name
+        )
+        run = mlflow.start_run(run_id=created.info.run_id, nested=nested)
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags, nested=nested)
     heartbeat = _Heartbeat(tracking_uri(), run.info.run_id)

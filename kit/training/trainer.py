@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from kit.config import ExperimentConfig
-from kit.inference.segmenter import InstanceSegmenter, SemanticSegmenter, build_segmenter
+from kit.inference.contract import Segmentation
+from kit.inference.segmenter import build_segmenter, default_thresholds
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
 from kit.training.data import AugmentedCrops, TrainingCrops, ValImage, worker_init
@@ -61,9 +62,10 @@ def validation_map(
 
 
 def build_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's network from the model registry (output channels from `cfg.targets` for the
-    builders that take them: semantic models)."""
+    """The experiment's network from the model registry (output channels from `cfg.targets` and the
+    activation of `cfg.training.loss` for the builders that take them: semantic models)."""
     from kit.models import create_model
+    from kit.models.activation import activation_for_loss
     from kit.models.registry import model_arguments
     from kit.targets import target_channels
 
@@ -74,6 +76,8 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     }
     if "channels" in model_arguments(cfg.model.name):
         kwargs["channels"] = target_channels(cfg.targets.include_mask)
+    if "activation" in model_arguments(cfg.model.name):
+        kwargs["activation"] = activation_for_loss(cfg.training.loss.mode)
     return create_model(cfg.model.name, **kwargs, **cfg.model.params)
 
 
@@ -301,9 +305,12 @@ class Trainer:
             out["val_map"], _ = validation_map(self.segmenter(), self.val_images)
         return out
 
-    def segmenter(self) -> SemanticSegmenter | InstanceSegmenter:
-        """Image → instances over the current weights with the experiment's inference settings (no TTA)."""
-        return build_segmenter([self.model], self.cfg, device=self.device, amp=self.tcfg.amp)
+    def segmenter(self) -> Callable[[np.ndarray], Segmentation]:
+        """Normalised image → instances over the current weights with the experiment's inference settings
+        and thresholds (no TTA)."""
+        core = build_segmenter([self.model], self.cfg, device=self.device, amp=self.tcfg.amp)
+        thresholds = default_thresholds(self.cfg, self.model.kit_cfg["task"])
+        return lambda image: core(image, thresholds)
 
     def _after_epoch(self, epoch: int, record: dict[str, float]) -> None:
         record = {"epoch": float(epoch), **record}
