@@ -64,7 +64,7 @@ def project(project_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory: pytest.TempPathFactory):
-    """unet_tiny trained once per test session (2 folds × 30 steps on the tiny synthetic set: it finds
+    """unet_tiny trained once per test session (2 folds × 2 epochs × 15 steps on the tiny synthetic set: it finds
     nuclei, see `helpers.SESSION_OVERRIDES`)
     in its own project folder: a `helpers.TrainedProject` (root, config, outcome).
 

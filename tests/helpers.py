@@ -21,15 +21,15 @@ FAST_OVERRIDES = ["training.epochs=2", "training.max_steps_per_epoch=2", "data.c
 """unet_tiny overrides that make a fold train in about a second on a CPU."""
 
 SESSION_OVERRIDES = [
-    "training.epochs=1",
-    "training.max_steps_per_epoch=30",
-    "data.samples_per_epoch=120",
+    "training.epochs=2",
+    "training.max_steps_per_epoch=15",
+    "data.samples_per_epoch=60",
     "data.crop_size=64",
     "training.lr=0.01",
 ]
-"""unet_tiny overrides of the session's shared model (`trained_project`): long enough (30 steps per fold)
-that it finds nuclei in the tiny synthetic images, so equality tests on its label images compare
-something."""
+"""unet_tiny overrides of the session's shared model (`trained_project`): long enough (2 epochs × 15
+steps per fold) that it finds nuclei in the tiny synthetic images, so equality tests on its label images
+compare something."""
 
 NO_MODEL = "tracking.log_model=false"
 """For tests that train only to check training: no MLflow Model logged at the end (about a second)."""

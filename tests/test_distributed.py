@@ -7,14 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from helpers import FAST_OVERRIDES, write_tiny_synthetic
+from helpers import FAST_OVERRIDES, free_port, write_tiny_synthetic
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_log_one_parent_and_one_fold_run(project_dir) -> None:
     write_tiny_synthetic(project_dir / "data" / "synthetic")
     overrides = [arg for o in FAST_OVERRIDES for arg in ("--set", o)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29533"}
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": port}
     cmd = [
         sys.executable,
         "-m",
@@ -22,7 +23,7 @@ def test_torchrun_two_processes_log_one_parent_and_one_fold_run(project_dir) -> 
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        port,
         "-m",
         "kit",
         "train",

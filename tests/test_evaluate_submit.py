@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import REPO_ROOT, copy_project, inside_project, predicted_labels
 from typer.testing import CliRunner
@@ -79,20 +80,37 @@ def test_evaluate_oof_equals_metrics_evaluate_and_is_logged(cfg, predicted, tmp_
     assert {"report/ap_vs_iou.png", "report/per_image.csv", "report/overlays"} <= artifacts
 
 
-def test_evaluate_compare_via_cli_draws_one_curve_per_experiment(cfg, predicted) -> None:
+def test_evaluate_compare_via_cli_draws_one_curve_per_experiment(cfg, predicted, tmp_path) -> None:
     from kit.cli import app
+    from kit.tracking.schema import find_train_run, fold_models
 
-    # A second experiment sharing the MLflow experiment (and so the predict runs) of unet_tiny.
-    text = (REPO_ROOT / "experiments" / "unet_tiny.yaml").read_text() + "tracking:\n  experiment: unet_tiny\n"
-    (predicted[0] / "experiments" / "unet_tiny_twin.yaml").write_text(text)
+    # A second, different model: fold 0's checkpoint alone with the config's (untuned) thresholds,
+    # predicted with --model into the MLflow experiment "predictions", which experiment fold0 reads.
+    checkpoint = fold_models(find_train_run("unet_tiny"))[0].checkpoint
     result = CliRunner().invoke(
-        app, ["evaluate", "--exp", "unet_tiny", "--kind", "test", "--compare", "unet_tiny_twin"]
+        app, ["predict", "--model", str(checkpoint), "--data", "data/synthetic", "--split", "test"]
+    )
+    assert result.exit_code == 0, result.output
+    text = (
+        REPO_ROOT / "experiments" / "unet_tiny.yaml"
+    ).read_text() + "tracking:\n  experiment: predictions\n"
+    (predicted[0] / "experiments" / "fold0.yaml").write_text(text)
+    result = CliRunner().invoke(
+        app, ["evaluate", "--exp", "unet_tiny", "--kind", "test", "--compare", "fold0"]
     )
     assert result.exit_code == 0, result.output
     assert "DSB mAP" in result.output and "comparison (test)" in result.output
     out = predicted[0] / "outputs" / "evaluate" / "unet_tiny-test"
-    table = (out / "compare.csv").read_text().splitlines()
-    assert len(table) == 3 and table[1].startswith("unet_tiny,") and table[2].startswith("unet_tiny_twin,")
+    table = pd.read_csv(out / "compare.csv")
+    assert list(table["experiment"]) == ["unet_tiny", "fold0"]
+    # Each row is what `kit evaluate` of that experiment alone gives, and the two models differ.
+    for name, row in zip(["unet_tiny", "fold0"], table.itertuples(), strict=True):
+        alone = evaluate_experiment(
+            load_experiment(name), kind="test", out=tmp_path / name, n_bootstrap=0, track=False
+        )
+        assert row.map == pytest.approx(alone.evaluation.summary["map"])
+        assert row.images == 4
+    assert table["map"].iloc[0] != pytest.approx(table["map"].iloc[1])
     assert (out / "compare_ap_vs_iou.png").is_file()
 
 

@@ -1,5 +1,6 @@
 """The hostile-input corpus (tests/corpus/cases.yaml): each bad input is one line naming the file (and row)
-and exit code 1, never a traceback, and nothing half-written; each merely unusual input just works."""
+and exit code 1, never a traceback, nothing half-written and no run recorded; each merely unusual input
+works and gives what its case says it produces."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import inside_project, one_torch_thread
+from helpers import inside_project, one_torch_thread, sha256
 from typer.testing import CliRunner
 
 from kit.cli import app
@@ -55,21 +56,56 @@ def _build_stage(root: Path, spec: dict, file_kind: str | None) -> tuple[Path, P
     return stage, hostile
 
 
-def _snapshot(root: Path) -> dict[str, int]:
-    """Every file under `root` but the MLflow store, with its size."""
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under `root` (MLflow's artifacts included) with the SHA-256 of its content, but the
+    SQLite store itself, whose runs `_run_ids` compares."""
     return {
-        str(p.relative_to(root)): p.stat().st_size
+        str(p.relative_to(root)): sha256(p)
         for p in root.rglob("*")
-        if p.is_file() and p.relative_to(root).parts[0] != "mlruns"
+        if p.is_file() and p.name not in ("mlflow.db", "mlflow.db.lock")
     }
 
 
-def _run_statuses() -> list[str]:
+def _run_ids() -> set[str]:
+    """Every run in the project's MLflow store, of any status."""
     from kit import tracking
 
     client = tracking.configure().MlflowClient()
     ids = [e.experiment_id for e in client.search_experiments()]
-    return [r.info.status for r in client.search_runs(ids)] if ids else []
+    return {r.info.run_id for r in client.search_runs(ids, run_view_type=3)} if ids else set()
+
+
+def _check_produced(produces: dict, project: Path) -> None:
+    """What an `ok` case made is there (see cases.yaml)."""
+    import json
+
+    import pandas as pd
+
+    assert produces, "an ok case must say what it produces"
+    if "manifest" in produces:
+        [manifest] = project.glob("data/*/manifest.csv")
+        rows = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("id")
+        for image_id, columns in produces["manifest"].items():
+            for column, value in columns.items():
+                got = rows.loc[image_id, column]
+                assert got.startswith(value) if isinstance(value, str) else got == str(value), (
+                    image_id,
+                    column,
+                    got,
+                )
+    if "predictions" in produces:
+        from helpers import predicted_labels
+
+        from kit.tracking.schema import find_predict_run
+
+        index, labels = predicted_labels(find_predict_run("predictions", "input"))
+        assert set(index["image_id"]) == set(produces["predictions"])
+        for image_id, size in produces["predictions"].items():
+            assert labels[image_id].shape == (size["height"], size["width"])
+    if "score" in produces:
+        summary = json.loads((project / "out" / "summary.json").read_text())
+        for key, value in produces["score"].items():
+            assert summary[key] == value, (key, summary[key])
 
 
 def _error_line(result) -> str:
@@ -96,17 +132,17 @@ def test_hostile_input(case: dict, project: Path, checkpoint: Path) -> None:
         shutil.copyfile(CORPUS / case["input"], hostile)
         values.update(input=str(folder), file=str(hostile))
     args = [str(a).format(**values) for a in case["args"]]
-    before, runs_before = _snapshot(project), _run_statuses()
+    before, runs_before = _snapshot(project), _run_ids()
 
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
 
     if case["expect"] == "ok":
         assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
         assert "Traceback" not in result.output
+        _check_produced(case.get("produces", {}), project)
         return
     line = _error_line(result)
     for fragment in case["says"]:
         assert fragment.format(**values) in line, line
     assert _snapshot(project) == before  # nothing half-written
-    leftover = _run_statuses()
-    assert "RUNNING" not in leftover and leftover.count("FINISHED") == runs_before.count("FINISHED")
+    assert _run_ids() == runs_before  # no run recorded, of any status

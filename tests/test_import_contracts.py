@@ -1,6 +1,6 @@
 """The import contracts of pyproject.toml ([tool.importlinter], run by .ci/run) pass on kit as it is and
-fail when a building block imports a stage or MLflow, or inference imports training code: checked on a
-copy of the package."""
+fail when a building block imports a stage or MLflow, inference imports training code, or a stage imports
+another stage: checked on a copy of the package."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _append(module: Path, line: str) -> None:
 def test_contracts_pass_on_kit_as_it_is(kit_copy: Path) -> None:
     result = lint_imports(kit_copy)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 4 kept, 0 broken." in result.stdout
+    assert "Contracts: 5 kept, 0 broken." in result.stdout
 
 
 def test_a_building_block_importing_a_stage_breaks_the_layers(kit_copy: Path) -> None:
@@ -59,7 +59,7 @@ def test_a_building_block_importing_a_stage_breaks_the_layers(kit_copy: Path) ->
     assert "kit.metrics is not allowed to import mlflow" in result.stdout
     assert "kit.inference is not allowed to import kit.training" in result.stdout
     assert "- .metrics -> .stages (1 import)" in result.stdout
-    assert "Contracts: 0 kept, 4 broken." in result.stdout
+    assert "Contracts: 0 kept, 5 broken." in result.stdout  # through metrics, stages now reach each other
 
 
 def test_forbidden_imports_mlflow_tracking_and_training_code_for_inference(kit_copy: Path) -> None:
@@ -75,5 +75,17 @@ def test_forbidden_imports_mlflow_tracking_and_training_code_for_inference(kit_c
     assert "A trained model loads and predicts without training code BROKEN" in result.stdout
     assert "kit.inference.tiling -> kit.training.losses" in result.stdout
     # training → inference was already there: inference → training also closes a cycle.
-    assert "- .training -> .inference (1 import)" in result.stdout
-    assert "Contracts: 1 kept, 3 broken." in result.stdout  # the layers are still kept
+    assert "- .inference -> .training (1 import)" in result.stdout
+    assert "Contracts: 2 kept, 3 broken." in result.stdout  # the layers and stages are still kept
+
+
+def test_a_stage_importing_another_stage_breaks_their_independence(kit_copy: Path) -> None:
+    _append(
+        kit_copy / "kit" / "stages" / "evaluate.py",
+        "from kit.stages.predict import predict_experiment  # noqa",
+    )
+    result = lint_imports(kit_copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Stages never import each other" in result.stdout and "BROKEN" in result.stdout
+    assert "kit.stages.evaluate is not allowed to import kit.stages.predict" in result.stdout
+    assert "Contracts: 4 kept, 1 broken." in result.stdout

@@ -277,9 +277,18 @@ def test_an_interrupted_maskrcnn_run_resumes(tmp_path_factory, monkeypatch) -> N
             m.setattr(Trainer, "_train_epoch", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 train_experiment(cfg, folds=[0], progress=False)
+        from kit.tracking.schema import Role, find_role_runs
+
+        [killed_parent] = find_role_runs("maskrcnn_tiny", Role.TRAIN, status=None)
+        [killed_fold] = find_role_runs("maskrcnn_tiny", Role.TRAIN_FOLD, status=None)
+        assert killed_parent.info.status == killed_fold.info.status == "KILLED"
         outcome = train_experiment(cfg, resume=True, progress=False)
         history = (
             tracking.configure().MlflowClient().get_metric_history(outcome.folds[0].run_id, "train_loss")
         )
+        # The same runs went on: no second parent or fold run was made.
+        assert outcome.parent_run_id == killed_parent.info.run_id
+        assert outcome.folds[0].run_id == killed_fold.info.run_id
+        assert len(find_role_runs("maskrcnn_tiny", Role.TRAIN_FOLD, status=None)) == 1
     assert outcome.folds[0].epochs_run == 2
     assert sorted(m.step for m in history) == [0, 1]

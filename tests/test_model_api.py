@@ -82,9 +82,7 @@ def test_segmenter_from_checkpoint_files_gives_kit_predicts_labels(in_project) -
     # Without the tuned thresholds the same models give other labels: the thresholds reach the watershed.
     untuned = kit.Segmenter.from_checkpoints(files)
     assert untuned.thresholds != model.thresholds
-    assert any(
-        not np.array_equal(untuned.predict(image), expected[i]) for i, image in _test_images().items()
-    )
+    assert any(not np.array_equal(untuned.predict(image), expected[i]) for i, image in _test_images().items())
 
 
 def test_load_segmenter_from_run_experiment_folder_and_uri_agree(in_project, tmp_path) -> None:
@@ -127,7 +125,9 @@ def test_details_batches_and_per_call_thresholds(in_project) -> None:
     strict = model.predict(image, thresholds={"seed_threshold": 0.99, "mask_threshold": 0.99})
     assert strict.max() < expected[image_id].max()
     np.testing.assert_array_equal(model.predict(image), expected[image_id])
-    with pytest.raises(ConfigError, match="unknown key 'seed_treshold' \\(did you mean 'seed_threshold'\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="unknown key 'seed_treshold' \\(did you mean 'seed_threshold'\\?\\)"
+    ):
         model.predict(image, thresholds={"seed_treshold": 0.6})
     with pytest.raises(ConfigError, match="mask_threshold"):
         model.predict(image, thresholds={"mask_threshold": 1.5})
@@ -138,7 +138,7 @@ def test_details_batches_and_per_call_thresholds(in_project) -> None:
 def test_the_activation_is_recorded_on_the_model_not_read_from_training(in_project, tmp_path) -> None:
     from kit.models.checkpoint import load_checkpoint, save_checkpoint
 
-    _, _cfg, trained, test = in_project
+    _, _cfg, trained, _ = in_project
     model = kit.load_segmenter(trained.parent_run_id)
     assert all(m.kit_cfg["activation"] == "softmax" for m in model.models)
     # A checkpoint whose stored training config claims another loss mode still predicts with the
@@ -156,7 +156,9 @@ def test_the_activation_is_recorded_on_the_model_not_read_from_training(in_proje
     np.testing.assert_allclose(a.sum(axis=0), 1.0, atol=1e-5)  # softmax over body/border/background
 
 
-def test_a_checkpoint_older_than_recorded_activations_takes_it_from_its_loss_mode(in_project, tmp_path) -> None:
+def test_a_checkpoint_older_than_recorded_activations_takes_it_from_its_loss_mode(
+    in_project, tmp_path
+) -> None:
     import torch
 
     from kit.models.checkpoint import load_checkpoint
@@ -169,7 +171,9 @@ def test_a_checkpoint_older_than_recorded_activations_takes_it_from_its_loss_mod
         "state_dict": model.models[0].state_dict(),
         "model_name": "unet",
         "model_kwargs": {
-            k: v for k, v in model.models[0].kit_cfg["model_kwargs"].items() if k not in ("activation", "pretrained")
+            k: v
+            for k, v in model.models[0].kit_cfg["model_kwargs"].items()
+            if k not in ("activation", "pretrained")
         },
         "config": {**model.config.to_dict(), "training": {"loss": {"mode": "bce"}}},
         "extra": {},
@@ -242,7 +246,19 @@ def test_mlflow_models_serve_answers_each_documented_json_form(in_project, tmp_p
     }
     mlflow_cli = bin_dir / "mlflow"
     server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(mlflow_cli),
+            "models",
+            "serve",
+            "-m",
+            uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -276,7 +292,9 @@ def test_mlflow_models_serve_answers_each_documented_json_form(in_project, tmp_p
         np.testing.assert_array_equal(np.asarray(out["predictions"]), expected[0])
         status, out = post({"inputs": [image.tolist() for image in same]})
         assert status == 200, out
-        same_expected = [e for e, image in zip(expected, images, strict=True) if image.shape == images[0].shape]
+        same_expected = [
+            e for e, image in zip(expected, images, strict=True) if image.shape == images[0].shape
+        ]
         np.testing.assert_array_equal(np.asarray(out["predictions"]), np.stack(same_expected))
         files = [
             base64.b64encode(cv2.imencode(".png", image[..., ::-1] if image.ndim == 3 else image)[1]).decode()

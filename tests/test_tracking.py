@@ -38,7 +38,10 @@ def test_run_carries_standard_tags_and_diff_when_dirty(project):
     assert got.info.status == "FINISHED"
     assert tags["kit.experiment"] == "exp_a" and tags["kit.command"] == "train" and tags["kit.fold"] == "1"
     assert len(tags["kit.git_commit"]) == 40 and tags["kit.git_dirty"] == "true"
-    assert tags["kit.device"] == "cpu" and "kit.pkg.mlflow" in tags
+    import torch
+
+    device = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+    assert tags["kit.device"] == device and "kit.pkg.mlflow" in tags
     diff = mlflow.artifacts.load_text(f"{got.info.artifact_uri}/git_diff.patch")
     assert "+two" in diff
     assert str(project / "mlruns") in got.info.artifact_uri

@@ -235,7 +235,7 @@ def test_train_experiment_logs_parent_and_child_runs(in_trained) -> None:
     assert parent.data.tags["kit.role"] == "train"
     assert parent.data.tags["kit.folds"] == "0,1"
     assert parent.data.tags["kit.experiment"] == "unet_tiny"
-    assert parent.data.params["training.lr"] == "0.003"
+    assert parent.data.params["training.lr"] == str(cfg.training.lr)
     assert "cv_val_map_mean" in parent.data.metrics
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`kit.parent_run_id` = '{outcome.parent_run_id}'"
@@ -258,7 +258,7 @@ def test_train_experiment_logs_parent_and_child_runs(in_trained) -> None:
         assert tags["mlflow.parentRunId"] == outcome.parent_run_id
         assert tags["kit.dataset_digest"] == digest
         assert tags["kit.n_params"] == str(n_params)
-        assert params["training.lr"] == "0.003"
+        assert params["training.lr"] == str(cfg.training.lr)
         assert params["training.epochs"] == "2"
         assert params["data.crop_size"] == "64"
         assert params["fold"] == str(fold)
@@ -425,10 +425,10 @@ def test_missing_dataset_is_a_data_error_with_a_hint(project_dir) -> None:
     assert not (project_dir / "mlruns").exists()  # failed before any run was started
 
 
-def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src, monkeypatch) -> None:
+def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src, monkeypatch, capsys) -> None:
     """training.max_minutes: with a clock that advances 1 s per reading, a 1-minute budget ends training
-    long before its 1000 epochs, the learning rate has decayed to its floor by then, and the last epoch
-    is validated."""
+    long before its 1000 epochs, the learning rate has decayed to its floor by then, the last epoch
+    is validated, and progress shows the minutes spent and left rather than an epoch total."""
     import kit.training.trainer as trainer_module
     from kit.stages.train import train_experiment
 
@@ -444,9 +444,13 @@ def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src,
         NO_MODEL,
     ]
     cfg = load_experiment("unet_tiny", overrides)
-    outcome = train_experiment(cfg, folds=[0], progress=False)
+    outcome = train_experiment(cfg, folds=[0], progress=True)
     fold = outcome.folds[0]
     assert 1 < fold.epochs_run < 60
+    shown = capsys.readouterr()
+    lines = [line for line in shown.out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == fold.epochs_run and "/1000" not in shown.out + shown.err
+    assert lines[0].startswith("epoch 1 · ") and " of 1.0 min, " in lines[0] and " left: " in lines[0]
     history = _client().get_metric_history(fold.run_id, "lr")
     lrs = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert lrs == sorted(lrs, reverse=True)  # no warm-up in unet_tiny: a pure decay
@@ -454,4 +458,3 @@ def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src,
     assert lrs[0] > 0.5 * base and lrs[-1] < 0.02 * base  # the cosine ran its whole course to its floor
     val = _client().get_metric_history(fold.run_id, "val_map")
     assert [m.step for m in val] == [fold.epochs_run - 1]  # only the budget's last epoch, not every 1000th
-

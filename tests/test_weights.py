@@ -60,11 +60,12 @@ def test_offline_without_weights_is_one_line_naming_encoder_folder_and_fixes(
     result = runner.invoke(app, ["train", "--exp", "unet_tiny", "--set", "model.pretrained=true"])
     assert result.exit_code == 1
     message = " ".join(result.output.split())
-    assert len(result.output.strip().splitlines()) <= 3  # one line, wrapped by the terminal width
+    assert len(result.output.strip().splitlines()) == 1, result.output
     assert "Traceback" not in result.output
     for part in ("resnet18", str(weights_folder), "kit weights fetch resnet18", "model.pretrained=false"):
         assert part in message
-    assert no_network and all(t is not None and t <= 3 for t in no_network)  # a short probe, no retries
+    # Fast without timing it: one short probe, no retries, so at most 3 s even where the network hangs.
+    assert len(no_network) == 1 and no_network[0] is not None and no_network[0] <= 3, no_network
 
 
 def test_offline_flag_fails_without_touching_the_network(weights_folder, no_network, monkeypatch) -> None:
@@ -168,7 +169,9 @@ def test_fetch_offline_is_a_one_line_error(weights_folder, monkeypatch) -> None:
     assert not list(weights_folder.glob("*")) if weights_folder.exists() else True
 
 
-def test_demo_converts_the_packaged_weights_its_recipes_need_and_unet_lite0_builds_with_them(weights_folder) -> None:
+def test_demo_converts_the_packaged_weights_its_recipes_need_and_unet_lite0_builds_with_them(
+    weights_folder,
+) -> None:
     from kit.config import load_experiment
     from kit.models.packaged_weights import import_missing
     from kit.training.trainer import build_model

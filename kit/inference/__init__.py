@@ -2,8 +2,8 @@
 
 from kit.inference.postprocess import instances_from_probs
 from kit.inference.tiling import model_predictor, predict_tiled
-from kit.models.activation import probabilities
 from kit.inference.tta import TRANSFORMS, d4_forward, d4_inverse, predict_tta
+from kit.models.activation import probabilities
 
 __all__ = [
     "TRANSFORMS",

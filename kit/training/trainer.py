@@ -169,6 +169,15 @@ class Trainer:
             self._time_fraction = self.dist.broadcast_object(self.elapsed_s() / self.budget_s)
         return self._time_fraction
 
+    def progress_label(self, epoch: int) -> str:
+        """What the progress bar says of `epoch` (0-based): "epoch 3/40", or under a time budget the epoch
+        and the minutes spent and left, "epoch 3 · 1.2 of 5.0 min, 3.8 left" (the epoch count is not
+        known in advance then)."""
+        if not self.budget_s:
+            return f"epoch {epoch + 1}/{self.tcfg.epochs}"
+        spent, budget = self.elapsed_s() / 60, self.budget_s / 60
+        return f"epoch {epoch + 1} · {spent:.1f} of {budget:.1f} min, {max(budget - spent, 0):.1f} left"
+
     # -- checkpoints ------------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
@@ -256,7 +265,7 @@ class Trainer:
         n_images = 0
         bar = tqdm(
             total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.tcfg.epochs}",
+            desc=self.progress_label(epoch),
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
@@ -335,7 +344,7 @@ class Trainer:
             shown = ", ".join(
                 f"{k} {v:.4f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_map")
             )
-            tqdm.write(f"epoch {epoch + 1}/{self.tcfg.epochs}: {shown} ({record['epoch_time']:.1f} s)")
+            tqdm.write(f"{self.progress_label(epoch)}: {shown} ({record['epoch_time']:.1f} s)")
         # Best before last, both before the epoch's numbers: whatever a hard kill interrupts, the newest
         # last.pt has its best.pt beside it, and a resumed run can re-report the numbers its history holds.
         if self.on_checkpoint is not None:
