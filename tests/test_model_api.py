@@ -316,6 +316,16 @@ def test_mlflow_models_serve_answers_each_documented_json_form(in_project, tmp_p
             server.wait(timeout=30)
 
 
+def test_logging_a_model_validates_its_serving_example_without_warnings(in_project, capfd) -> None:
+    from kit.hub import log_train_model
+
+    _, _cfg, trained, _ = in_project
+    capfd.readouterr()
+    log_train_model(trained.parent_run_id)
+    err = capfd.readouterr().err.lower()
+    assert "failed to validate" not in err and "cloudpickle" not in err and "type hint" not in err, err
+
+
 def test_logged_models_are_named_after_experiment_and_role(in_project) -> None:
     import mlflow
 

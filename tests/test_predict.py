@@ -133,6 +133,24 @@ def test_input_folder_of_plain_pngs_of_odd_sizes_via_cli(cfg, tmp_path) -> None:
     assert set(index["split"]) == {""} and index["source"].str.endswith(".png").all()
 
 
+def test_a_predict_run_spans_its_work_and_its_experiment_is_for_model_training(cfg, tmp_path) -> None:
+    """The MLflow UI shows a predict run's real duration (its run is opened only to record the work, so
+    its start is dated back) and opens its experiment on the runs table."""
+    import time
+
+    sizes = _odd_images(tmp_path / "pngs")
+    before = time.time()
+    outcome = predict_experiment(cfg, input_dir=tmp_path / "pngs", tta="d4", progress=False)
+    after = time.time()
+    run = get_run(outcome.run_id)
+    assert len(outcome.index) == len(sizes)
+    start, end = run.info.start_time / 1000, run.info.end_time / 1000
+    assert before - 1 <= start <= before + 5  # when the work began, not when it was recorded
+    assert end - start >= outcome.index["seconds"].sum() and end <= after + 1
+    experiment = tracking.configure().MlflowClient().get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_input_folder_in_dsb_layout(cfg, tmp_path) -> None:
     rng = np.random.default_rng(1)
     for image_id, shape in (("a1", (50, 61)), ("b2", (70, 40, 3))):

@@ -11,6 +11,7 @@ from each one's newest predict run of the same kind.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ def evaluate_experiment(
     to `by_<column>.csv` (one row per value: images, mAP and its bootstrap 95 % interval).
     """
 
+    started_at = time.time()
     run, dataset, truth, predicted = predicted_pairs(cfg, kind, predict_run_id)
     pairs = ((i, truth[i], predicted[i]) for i in sorted(predicted))
     evaluation = evaluate(pairs, n_bootstrap=n_bootstrap, progress=progress)
@@ -125,7 +127,7 @@ def evaluate_experiment(
         outcome.breakdown = breakdown(evaluation.per_image, dataset.manifest, by, n_bootstrap)
         files.append(atomic_write_text(out / f"by_{by}.csv", outcome.breakdown.to_csv(index=False)))
     if track:
-        outcome.run_id = _log_evaluation(cfg, run, kind, outcome, command)
+        outcome.run_id = _log_evaluation(cfg, run, kind, outcome, command, started_at)
     return outcome
 
 
@@ -194,7 +196,12 @@ def _compare(
 
 
 def _log_evaluation(
-    cfg: ExperimentConfig, predict_run: Any, kind: str, outcome: EvaluateOutcome, command: str
+    cfg: ExperimentConfig,
+    predict_run: Any,
+    kind: str,
+    outcome: EvaluateOutcome,
+    command: str,
+    started_at: float,
 ) -> str:
     import mlflow
 
@@ -207,7 +214,11 @@ def _log_evaluation(
         },
     )
     with tracking.start_run(
-        cfg.mlflow_experiment, command, run_name=f"{cfg.name}-evaluate-{kind}", tags=tags
+        cfg.mlflow_experiment,
+        command,
+        run_name=f"{cfg.name}-evaluate-{kind}",
+        tags=tags,
+        started_at=started_at,  # the run is opened to record the evaluation: its duration spans it
     ) as run:
         params = {
             "kind": kind,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def score(
 ) -> ScoreOutcome:
     """Score `submission` (`score_submission`), write the report to `out` (default
     outputs/score/<name>/) and, with `track`, log it as a run of MLflow experiment `scores`."""
+    started_at = time.time()
     evaluation = score_submission(submission, truth, split=split)
     out = out or REPORT_DIR / submission.stem
     files = write_report(evaluation, out, name=submission.stem)
@@ -97,7 +99,11 @@ def score(
         import mlflow
 
         with tracking.start_run(
-            SCORES_EXPERIMENT, command, run_name=submission.stem, tags=role_tags(Role.SCORE)
+            SCORES_EXPERIMENT,
+            command,
+            run_name=submission.stem,
+            tags=role_tags(Role.SCORE),
+            started_at=started_at,  # the run records the scoring done above: its duration spans it
         ) as run:
             mlflow.log_params({"submission": str(submission.resolve()), "truth": str(truth.resolve())})
             mlflow.log_metrics(summary_metrics(evaluation.summary))

@@ -11,6 +11,7 @@ kit.train_run_id).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def submit_experiment(
     module docstring. Images predicted beyond those expected (e.g. other splits) are left out."""
     from kit.submission import check_submission, write_submission
 
+    started_at = time.time()
     name = name.removesuffix(".csv")
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise ConfigError(f"--name {name!r}: give a plain file name such as 'unet_r34_d4'")
@@ -101,12 +103,17 @@ def submit_experiment(
             raise DataError(str(exc).replace(str(tmp), str(path))) from None
     outcome = SubmitOutcome(path, len(frame), len(sizes), run.info.run_id)
     if track:
-        outcome.run_id = _log_submission(cfg, run, outcome, name, command)
+        outcome.run_id = _log_submission(cfg, run, outcome, name, command, started_at)
     return outcome
 
 
 def _log_submission(
-    cfg: ExperimentConfig, predict_run: Any, outcome: SubmitOutcome, name: str, command: str
+    cfg: ExperimentConfig,
+    predict_run: Any,
+    outcome: SubmitOutcome,
+    name: str,
+    command: str,
+    started_at: float,
 ) -> str:
     import mlflow
 
@@ -119,7 +126,11 @@ def _log_submission(
         },
     )
     with tracking.start_run(
-        cfg.mlflow_experiment, command, run_name=f"{cfg.name}-submit-{name}", tags=tags
+        cfg.mlflow_experiment,
+        command,
+        run_name=f"{cfg.name}-submit-{name}",
+        tags=tags,
+        started_at=started_at,  # the run records the file written above: its duration spans it
     ) as run:
         mlflow.log_params({"name": name, "path": str(outcome.path.resolve())[:500]})
         mlflow.log_metrics({"n_rows": outcome.n_rows, "n_images": outcome.n_images})
