@@ -388,5 +388,6 @@ def test_ui_starts_mlflow_on_the_project_store(project_dir, monkeypatch) -> None
     assert cmd[cmd.index("--backend-store-uri") + 1] == uri
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--port") + 1] == "5123"
-    assert "http://127.0.0.1:5123" in out
+    # It opens on the model-training view of the experiments, not MLflow's default GenAI view.
+    assert "http://127.0.0.1:5123/#/experiments?workflowType=machine_learning" in out.replace("\n", "")
     assert (project_dir / "mlruns").is_dir()

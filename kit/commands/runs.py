@@ -88,14 +88,14 @@ def ui_command(
     """Start the MLflow UI on this project's tracking store and print its URL; Ctrl-C (or SIGTERM) stops
     it and every process it started."""
     from kit import tracking
-    from kit.tracking.server import mlflow_command, serve
+    from kit.tracking.server import mlflow_command, serve, ui_url
 
     uri = tracking.tracking_uri()
     if uri.startswith(("http://", "https://")):
-        console.print(f"the store is a tracking server: open [bold]{uri}[/] in a browser")
+        console.print(f"the store is a tracking server: open [bold]{ui_url(uri)}[/] in a browser")
         return
     tracking.configure()
-    url = f"http://127.0.0.1:{port}"
+    url = ui_url(f"http://127.0.0.1:{port}")
     console.print(f"MLflow UI for {uri} at [bold]{url}[/] (Ctrl-C stops it)")
     code = serve(mlflow_command("ui", uri, "127.0.0.1", port))
     if code:

@@ -21,6 +21,15 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_SECONDS = 10.0
 
 
+def ui_url(base: str) -> str:
+    """The page of the MLflow UI at `base` to open: the experiments in the UI's model-training view.
+
+    MLflow 3.17's UI shows every experiment in the GenAI view (traces, agent versions) unless the browser
+    chose "Model training" before; the experiment tag `mlflow.experimentKind` that kit sets is only read
+    where that switch is absent. The URL parameter sets the view for the visit (and links within it)."""
+    return f"{base.rstrip('/')}/#/experiments?workflowType=machine_learning"
+
+
 def mlflow_command(kind: str, backend_store_uri: str, host: str, port: int, *extra: str) -> list[str]:
     """The command line of `mlflow ui` or `mlflow server` with this interpreter's MLflow."""
     return [
