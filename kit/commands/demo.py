@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kit.commands._common import console, print_frame
+
+RESULTS_FILE = Path("outputs/demo/test_scores.csv")
 
 
 def demo_command(
@@ -23,13 +26,15 @@ def demo_command(
 ) -> None:
     """Run the whole journey on real data (mnfinder) within a time budget and print test mAP per model."""
     from kit import tracking
+    from kit.fileio import atomic_write_text
     from kit.workflows.demo import run_demo
 
     result = run_demo(
         synthetic=synthetic, minutes=minutes, seed=seed, announce=lambda text: console.rule(f"[bold]{text}")
     )
     print_frame(result.table, title="test split: DSB mAP@[.5:.95] per model", float_format="{:.4f}")
-    console.print(f"submission: {result.submission}   ({result.seconds / 60:.1f} min)")
+    table = atomic_write_text(RESULTS_FILE, result.table.to_csv(index=False))
+    console.print(f"submission: {result.submission}   ({result.seconds / 60:.1f} min)   table: {table}")
     console.print(
         f"compare every run: [bold]kit ui[/]  (or: mlflow ui --backend-store-uri {tracking.tracking_uri()})"
     )
