@@ -189,7 +189,9 @@ def test_a_missing_base_is_one_line_naming_the_child(tmp_path):
     d = tmp_path / "experiments"
     _write(tmp_path, "unet_r34", {})
     child = _write(tmp_path, "child", {"base": "unet_r43"})
-    with pytest.raises(ConfigError, match=r"child.yaml: base: unknown experiment 'unet_r43'.*'unet_r34'") as err:
+    with pytest.raises(
+        ConfigError, match=r"child.yaml: base: unknown experiment 'unet_r43'.*'unet_r34'"
+    ) as err:
         load_experiment("child", directory=d)
     assert "\n" not in str(err.value) and str(child) in str(err.value)
     _write(tmp_path, "by_path", {"base": "../nowhere/recipe.yaml"})
