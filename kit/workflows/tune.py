@@ -236,6 +236,7 @@ def _new_settings(
             "leave postprocess.tuned true"
         )
     searched = load_space(space, cfg)
+    _check_model_arguments(searched, cfg)
     if trial_minutes is not None and any(p.key == "training.max_minutes" for p in searched.params):
         raise ConfigError(f"{space}: training.max_minutes is searched; leave out --trial-minutes")
     chosen = folds if folds is not None else cfg.training.folds[:1]
@@ -249,6 +250,21 @@ def _new_settings(
         folds=resolved,
         trial_minutes=trial_minutes,
     )
+
+
+def _check_model_arguments(space: SearchSpace, cfg: ExperimentConfig) -> None:
+    """ConfigError for a searched `model.params.X` the experiment's model does not take (the config
+    accepts any key there; the model builder would refuse it in every trial)."""
+    from kit.models.registry import model_arguments
+
+    takes = model_arguments(cfg.model.name)
+    for param in space.params:
+        parts = param.key.split(".")
+        if parts[:2] == ["model", "params"] and len(parts) > 2 and parts[2] not in takes:
+            raise ConfigError(
+                f"{space.source}: {param.key}: model '{cfg.model.name}' takes no argument '{parts[2]}' "
+                f"(it takes: {', '.join(takes)})"
+            )
 
 
 def _join(
