@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from kit.cli import app
 from kit.config import config_from_dict, load_experiment
 from kit.errors import ConfigError
-from kit.search.space import PrunerSpec, load_space, parse_space
+from kit.search.space import PrunerSpec, load_space
 from kit.search.storage import default_storage, redacted
 from kit.search.study import EpochReporter, StopWhen, TrialStopped, make_pruner, trials_left
 from kit.search.tuned import tuned_experiment_yaml

@@ -111,7 +111,7 @@ def test_a_study_of_n_trials_is_n_child_runs_under_one_parent_with_optunas_param
 
 
 def test_running_the_command_again_resumes_the_study_and_adds_nothing_when_it_is_full(in_tuned) -> None:
-    root, outcome = in_tuned
+    _, outcome = in_tuned
     result = CliRunner().invoke(
         app,
         ["tune", "--exp", "unet_tiny", "--space", "space.yaml", "--trials", str(N_TRIALS)]
@@ -171,7 +171,7 @@ def test_best_write_gives_an_experiment_that_loads_and_trains(in_tuned, tmp_path
 
 
 def test_kit_runs_shows_the_study_as_one_line_and_its_trials_when_expanded(in_tuned) -> None:
-    root, outcome = in_tuned
+    _, outcome = in_tuned
     listing = CliRunner().invoke(app, ["runs"], env={"COLUMNS": "200"})
     assert listing.exit_code == 0, listing.output
     study_lines = [line for line in listing.output.splitlines() if outcome.parent_run_id[:8] in line]

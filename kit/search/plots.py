@@ -46,6 +46,7 @@ def write_study_plots(study: Any, folder: str | Path) -> list[Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the matplotlib backend
         warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)  # a one-value axis
+        warnings.filterwarnings("ignore", "Target and region quantiles", UserWarning)  # tied values
         for name, function in plots.items():
             ax = getattr(optuna.visualization.matplotlib, function)(study)
             ax = ax[0] if hasattr(ax, "__len__") else ax  # some plots return an array of axes

@@ -78,6 +78,7 @@ def open_storage(
             raise ConfigError(f"study journal {path}: folder {path.parent} does not exist")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs: dict[str, Any] = {}
+    url = _with_driver(storage)
     if storage.startswith("sqlite:"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for another worker's write, never fail
     elif storage.startswith(("postgresql", "postgres:")):
@@ -86,7 +87,7 @@ def open_storage(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
         try:
             return optuna.storages.RDBStorage(
-                storage,
+                url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
@@ -98,6 +99,15 @@ def open_storage(
             raise ConfigError(
                 f"study storage {redacted(storage)}: cannot open it ({str(exc).splitlines()[0]})"
             ) from None
+
+
+def _with_driver(storage: str) -> str:
+    """A PostgreSQL URL without a driver names psycopg (3), the driver kit installs; SQLAlchemy's own
+    default differs between its versions (psycopg2 in 2.0, psycopg in 2.1)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if storage.startswith(prefix):
+            return "postgresql+psycopg://" + storage.removeprefix(prefix)
+    return storage
 
 
 @contextlib.contextmanager
@@ -120,7 +130,7 @@ def _creation_lock(storage: str) -> Iterator[None]:
 
     key = zlib.crc32(f"kit-optuna-{OPTUNA_SCHEMA}".encode())
     try:
-        engine = sqlalchemy.create_engine(storage)
+        engine = sqlalchemy.create_engine(_with_driver(storage))
         connection = engine.connect()
     except Exception as exc:  # unreachable server, bad credentials, no driver
         raise ConfigError(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,6 +517,7 @@ class _FailureGuard:
 
 def _trial_died(study: Any, trial: Any) -> None:
     """A trial whose worker died (Optuna set it FAIL): its MLflow runs FAILED, and queued once more."""
+    import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     run_id = trial.user_attrs.get(RUN_ATTR)
@@ -525,14 +527,14 @@ def _trial_died(study: Any, trial: Any) -> None:
     retry = copy.deepcopy(trial)  # the queued copy takes the user attributes: a retry has no run yet
     attrs = {k: v for k, v in retry.user_attrs.items() if k != RUN_ATTR}
     retry.user_attrs = {**attrs, RETRY_ATTR: trial.system_attrs.get("failed_trial", trial.number)}
-    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, retry)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, retry)
 
 
 def _fail_dead_trials(study: Any) -> None:
     """Fail the running trials whose worker is dead: by Optuna's heartbeat (RDB storages), and by the
     trial run's liveness (its process gone on this host, or its MLflow heartbeat old elsewhere)."""
-    import warnings
-
     import optuna
 
     with warnings.catch_warnings():

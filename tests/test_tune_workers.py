@@ -1,0 +1,258 @@
+"""`kit tune` with several workers (slow: separate processes, a PostgreSQL server, SIGKILL): two processes
+on one study run every trial once and lose no run, on SQLite and on PostgreSQL; a killed worker's trial
+becomes FAIL with its MLflow runs FAILED and is run again when the study resumes; a trial whose Optuna
+heartbeat stopped (a worker lost on another machine) is failed the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from helpers import (
+    REPO_ROOT,
+    empty_mlflow_store,
+    inside_project,
+    install_dataset,
+    one_torch_thread,
+    seed_mlflow_store,
+)
+
+pytestmark = pytest.mark.slow
+
+FAST = ["training.epochs=2", "training.max_steps_per_epoch=1", "data.crop_size=64"]
+"""unet_tiny at one step per epoch: these tests check bookkeeping, not scores."""
+SPACE = {"params": {"training.lr": {"float": [1.0e-3, 1.0e-2], "log": True}}, "pruner": "none"}
+
+
+def _project(root: Path, tmp_path_factory, synthetic_src: Path) -> Path:
+    seed_mlflow_store(root, empty_mlflow_store(tmp_path_factory))
+    install_dataset(synthetic_src, root)
+    shutil.copytree(REPO_ROOT / "experiments", root / "experiments")
+    (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return root
+
+
+def _tune_args(*extra: str) -> list[str]:
+    sets = [arg for item in FAST for arg in ("--set", item)]
+    return ["tune", "--exp", "unet_tiny", "--space", "space.yaml", "--study", "shared", *sets, *extra]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _client():
+    from kit import tracking
+
+    return tracking.configure().MlflowClient()
+
+
+def _runs(experiment: str, **tags: str) -> list:
+    from kit import tracking
+
+    return tracking.find_runs(experiment, tags=tags, status=None)
+
+
+# -- a PostgreSQL server of our own ---------------------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (the newest version), or one on the PATH."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("pg_ctl")
+    return Path(found).resolve().parent if found else None
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server started for this module on 127.0.0.1 (initdb into a temporary folder), as the
+    URL of its `postgres` database; skipped when the server binaries are not installed."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None or not (bin_dir / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries not found (Debian package `postgresql`; .ci/run installs it)")
+    user: dict = {}
+    folder = Path(tempfile.mkdtemp(prefix="kit-pg-"))
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root: run them as the package's user
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a `postgres` user to run the server as")
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        user = {"user": account.pw_uid, "group": account.pw_gid}
+    data, port = folder / "data", _free_port()
+    run = {"check": True, "capture_output": True, "timeout": 120, "cwd": folder, **user}
+    subprocess.run([bin_dir / "initdb", "-D", data, "-U", "kit", "--auth=trust", "-E", "UTF8"], **run)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start"], **run
+    )
+    try:
+        yield f"postgresql://kit@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], **{**run, "check": False})
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- tests ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_on_one_study_run_each_trial_once_and_lose_no_run(
+    backend, request, tmp_path, tmp_path_factory, synthetic_src
+) -> None:
+    from kit.search.storage import open_storage
+    from kit.search.study import RUN_ATTR
+    from kit.tracking.schema import Role, Tag
+
+    project = _project(tmp_path / "project", tmp_path_factory, synthetic_src)
+    storage = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    args = _tune_args("--trials", "4", *(["--storage", storage] if storage else []))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kit", *args],
+            cwd=project,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
+    with inside_project(project):
+        opened = open_storage(storage or f"sqlite:///{project}/mlruns/optuna.db")
+        study = optuna.load_study(study_name="shared", storage=opened)
+        trials = study.get_trials()
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        assert 4 <= len(complete) <= 5 and len(complete) == len(trials)  # at most one extra in a race
+        run_ids = [t.user_attrs[RUN_ATTR] for t in trials]
+        assert len(set(run_ids)) == len(trials)  # no trial run twice
+        runs = _runs("shared", **{Tag.ROLE: Role.TRIAL})
+        assert sorted(r.info.run_id for r in runs) == sorted(run_ids)  # no run lost, none extra
+        (parent,) = _runs("shared", **{Tag.ROLE: Role.STUDY})
+        assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+        assert all(r.info.status == "FINISHED" for r in _runs("shared"))  # nothing left RUNNING
+        by_worker = {r.data.tags["kit.pid"] for r in runs}
+        assert by_worker == {str(w.pid) for w in workers}  # both worked on the study
+        if backend == "postgresql":  # the study keeps to its own schema of the server's database
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(storage.replace("postgresql://", "postgresql+psycopg://"))
+            with engine.connect() as connection:
+                schemas = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name = 'trials'"
+                    )
+                ).scalars()
+                assert list(schemas) == ["optuna"]
+            engine.dispose()
+
+
+def test_a_killed_worker_leaves_its_trial_failed_and_the_study_resumes(
+    tmp_path, tmp_path_factory, synthetic_src
+) -> None:
+    from kit.search.study import RETRY_ATTR, RUN_ATTR
+    from kit.tracking.schema import Role, Tag
+    from kit.workflows.tune import tune_experiment
+
+    project = _project(tmp_path / "project", tmp_path_factory, synthetic_src)
+    harness = [
+        sys.executable,
+        str(REPO_ROOT / "tests" / "kill_harness.py"),
+        "kit.stages.train:_FoldLogger.epoch",
+    ]
+    killed = subprocess.run(
+        [*harness, "1", "--", *_tune_args("--trials", "2")],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    storage = f"sqlite:///{project}/mlruns/optuna.db"
+    with inside_project(project):
+        (dead,) = optuna.load_study(study_name="shared", storage=storage).get_trials()
+        assert dead.state.name == "RUNNING"  # as the kill left it
+        (dead_run,) = _runs("shared", **{Tag.ROLE: Role.TRIAL})
+        assert dead_run.info.status == "RUNNING"
+        with one_torch_thread():
+            outcome = tune_experiment(study="shared", n_trials=2, progress=False)
+        trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
+        assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+        assert outcome.counts == {"FAIL": 1, "COMPLETE": 2}
+        retry = trials[1]
+        assert retry.params == dead.params and retry.user_attrs[RETRY_ATTR] == 0  # the same values again
+        assert trials[2].params != dead.params
+        runs = {r.info.run_id: r for r in _runs("shared")}
+        assert runs[dead.user_attrs[RUN_ATTR]].info.status == "FAILED"
+        assert runs[dead.user_attrs[RUN_ATTR]].data.tags[Tag.TRIAL_STATE] == "FAIL"
+        assert runs[retry.user_attrs[RUN_ATTR]].data.tags[Tag.RETRY_OF] == "0"
+        below = [r for r in runs.values() if r.data.tags.get(Tag.PARENT_RUN) == dead.user_attrs[RUN_ATTR]]
+        (train,) = below
+        (fold,) = [r for r in runs.values() if r.data.tags.get(Tag.PARENT_RUN) == train.info.run_id]
+        assert (train.info.status, fold.info.status) == ("FAILED", "FAILED")  # none RUNNING forever
+        assert [r for r in runs.values() if r.info.status == "RUNNING"] == []
+
+
+def test_a_trial_whose_optuna_heartbeat_stopped_is_failed_and_queued_again(project) -> None:
+    """A worker lost on another machine: its trial run looks alive to kit (this process's id), but its
+    Optuna heartbeat stopped; the next worker's sweep fails it through the heartbeat."""
+    from optuna.distributions import FloatDistribution
+
+    from kit.search.storage import open_storage
+    from kit.search.study import RETRY_ATTR, RUN_ATTR
+    from kit.tracking.schema import Role, Tag, role_tags
+    from kit.tracking.store import liveness_tags
+    from kit.workflows import tune as workflow
+
+    client = _client()
+    storage = open_storage(
+        f"sqlite:///{project}/mlruns/optuna.db",
+        heartbeat_interval=1,
+        grace_period=1,
+        on_stale=workflow._trial_died,
+    )
+    study = optuna.create_study(storage=storage, study_name="lost", direction="maximize")
+    trial = study.ask({"training.lr": FloatDistribution(1e-3, 1e-2, log=True)})
+    storage.record_heartbeat(trial._trial_id)
+    from kit import tracking
+
+    experiment_id = tracking.ensure_experiment("lost")
+    run = client.create_run(
+        experiment_id, tags={**role_tags(Role.TRIAL, **{Tag.TRIAL: "0"}), **liveness_tags()}
+    )
+    trial.set_user_attr(RUN_ATTR, run.info.run_id)
+    workflow._fail_dead_trials(study)
+    assert study.get_trials()[0].state.name == "RUNNING"  # within its grace period: left alone
+    time.sleep(2.5)
+    workflow._fail_dead_trials(study)
+    first, queued = study.get_trials()
+    assert first.state.name == "FAIL" and queued.state.name == "WAITING"
+    assert queued.params == first.params and queued.user_attrs == {RETRY_ATTR: 0}
+    failed = client.get_run(run.info.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags[Tag.TRIAL_STATE] == "FAIL"
