@@ -5,15 +5,11 @@ heartbeat stopped (a worker lost on another machine) is failed the same way."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +23,8 @@ from helpers import (
     inside_project,
     install_dataset,
     one_torch_thread,
+    postgres_bin,
+    postgres_server,
     seed_mlflow_store,
 )
 
@@ -68,52 +66,15 @@ def _runs(experiment: str, **tags: str) -> list:
     return tracking.find_runs(experiment, tags=tags, status=None)
 
 
-# -- a PostgreSQL server of our own ---------------------------------------------------------------------
-
-
-def _postgres_bin() -> Path | None:
-    """The folder of Debian's PostgreSQL server binaries (the newest version), or one on the PATH."""
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    if versions:
-        return versions[-1].parent
-    found = shutil.which("pg_ctl")
-    return Path(found).resolve().parent if found else None
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    """A PostgreSQL server started for this module on 127.0.0.1 (initdb into a temporary folder), as the
-    URL of its `postgres` database; skipped when the server binaries are not installed."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None or not (bin_dir / "initdb").exists():
+    """A PostgreSQL server of this module's own on 127.0.0.1 (`helpers.postgres_server`), as the URL of
+    its `postgres` database; skipped when the server binaries are not installed."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
         pytest.skip("PostgreSQL server binaries not found (Debian package `postgresql`; .ci/run installs it)")
-    user: dict = {}
-    folder = Path(tempfile.mkdtemp(prefix="kit-pg-"))
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root: run them as the package's user
-        try:
-            account = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root without a `postgres` user to run the server as")
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        user = {"user": account.pw_uid, "group": account.pw_gid}
-    data, port = folder / "data", _free_port()
-    run = {"check": True, "capture_output": True, "timeout": 120, "cwd": folder, **user}
-    subprocess.run([bin_dir / "initdb", "-D", data, "-U", "kit", "--auth=trust", "-E", "UTF8"], **run)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start"], **run
-    )
-    try:
-        yield f"postgresql://kit@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], **{**run, "check": False})
-        shutil.rmtree(folder, ignore_errors=True)
+    with postgres_server(bin_dir) as url:
+        yield url
 
 
 # -- tests ----------------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ Workers: the first creates the study (atomic in the storage), its parent run, an
 settings every trial shares (the resolved experiment config, the space, folds, per-trial minutes) and the
 parent's run id; any other worker (`--study NAME` on any machine that reaches the storage and the tracking
 store) reads them and works under the same parent. Optuna hands each trial to one worker. A worker killed
-with SIGKILL leaves its trial RUNNING until another worker sees it dead: by Optuna's heartbeat (RDB
-storages) once `GRACE_SECONDS` pass, or at once on the same host by the trial run's process id (kit's
-liveness, which also covers journal files). The trial then becomes FAIL, its MLflow runs FAILED, and it is
-queued once more with the same values. Re-running the command resumes the study.
+with SIGKILL leaves its trial RUNNING until another worker, as it starts or between two trials, sees it
+dead: on the same host at once (the trial run's process is gone: kit's run liveness), elsewhere once its
+heartbeat is `GRACE_SECONDS` old (Optuna's, on database storages; the trial run's MLflow heartbeat, on a
+journal file). The trial then becomes FAIL, its MLflow runs FAILED, and it is queued once more with the
+same values. Re-running the command resumes the study.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def tune_experiment(
         with record.study_run(name, parent_id, command):
             optuna_study.optimize(
                 objective,
-                callbacks=[stop, failures, _Progress(parent_id)],
+                callbacks=[stop, failures, _Progress(parent_id), _sweep],
                 catch=TRIAL_ERRORS,
                 gc_after_trial=True,
             )
@@ -530,6 +531,11 @@ def _trial_died(study: Any, trial: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, retry)
+
+
+def _sweep(study: Any, trial: Any) -> None:
+    """Between two trials: fail the trials of workers that died meanwhile (`_fail_dead_trials`)."""
+    _fail_dead_trials(study)
 
 
 def _fail_dead_trials(study: Any) -> None:
