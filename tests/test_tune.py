@@ -90,7 +90,7 @@ def test_a_study_of_n_trials_is_n_child_runs_under_one_parent_with_optunas_param
     for trial in trials:
         (run,) = [r for r in children if r.data.tags[Tag.TRIAL] == str(trial.number)]
         assert run.info.run_id == trial.user_attrs[RUN_ATTR]
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["mlflow.parentRunId"] == run.data.tags[Tag.PARENT_RUN] == parent.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags[Tag.TRIAL_STATE] == "COMPLETE"
         assert run.data.params == {k: str(v) for k, v in trial.params.items()}
         assert run.data.metrics["oof_map_tuned"] == pytest.approx(trial.value)
