@@ -41,7 +41,7 @@ def create_study_run(
     with the study's settings as params and its space as `space.yaml`; the run id."""
     import mlflow
 
-    tags = role_tags(Role.STUDY, **{Tag.STUDY: study, "kit.study_storage": storage})
+    tags = role_tags(Role.STUDY, **{Tag.STUDY: study, Tag.STUDY_STORAGE: storage})
     with tracking.start_run(experiment, command, run_name=study, tags=tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_text(space_yaml, SPACE_FILE)

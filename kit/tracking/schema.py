@@ -12,7 +12,7 @@ Runs by role (`kit.role` tag) and what they hold:
   predictions are predict runs too, nested in their `ensemble` run (`kit.ensemble_run_id`).
 - `ensemble`, `evaluate` (`kit.predict_run_id`), `submit`, `import` (experiment `datasets`), `score`
   (experiment `scores`), `style-fit` (`kit.style`), `style-synth`.
-- `study`: the parent run of a `kit tune` study (tag `kit.study`; the MLflow experiment, named after the
+- `study`: the parent run of a `kit tune` study (tags `kit.study`, `kit.study_storage`; the MLflow experiment, named after the
   study and tagged `kit.study` too, holds nothing else), with `space.yaml`, best-so-far metrics and, as
   each worker ends, `trials.csv` and the study's plots under `plots/`. One `trial` child per Optuna trial
   (tags `kit.trial` = its number, `kit.trial_state` = RUNNING / COMPLETE / PRUNED / FAIL, `kit.retry_of`),
@@ -78,6 +78,7 @@ class Tag:
     TRIAL = "kit.trial"
     TRIAL_STATE = "kit.trial_state"
     RETRY_OF = "kit.retry_of"
+    STUDY_STORAGE = "kit.study_storage"
 
 
 # MLflow experiments of the stages that do not belong to one model experiment.
