@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -109,6 +110,8 @@ class TuneOutcome:
 
 @dataclass(frozen=True)
 class BestOutcome:
+    """The experiment file `write_best` wrote: which trial of which study, its value and the values set."""
+
     path: Path
     study: str
     number: int
@@ -305,9 +308,9 @@ def _join(
             f"study '{name}' already searches other settings ({difference}); leave out --exp, --space, --set, "
             "--folds and --trial-minutes to join it, or start another with --study NEW_NAME"
         )
-    space_ = settings.search_space(name)
     import optuna
 
+    space_ = settings.search_space(name)
     joined = optuna.load_study(
         study_name=name, storage=storage, pruner=make_pruner(space_.pruner), sampler=make_sampler()
     )
@@ -373,8 +376,6 @@ def _base_reference(exp: str, written: Path) -> str:
     base = resolve_experiment_path(exp)
     if str(exp) == base.stem:
         return exp
-    import os
-
     return os.path.relpath(base.resolve(), written.resolve().parent)
 
 
