@@ -4,7 +4,7 @@ against the hand-made recipe.
     python benchmarks/bench_tune.py overhead [--experiment unet_lite0] [--data data/mnfinder] [--epochs 3]
     python benchmarks/bench_tune.py workers [--workers 2] [--trials 6] [--postgres | --storage URL]
     python benchmarks/bench_tune.py compare [--experiment unet_lite0] [--data data/mnfinder] [--minutes 16]
-                                            [--trial-minutes 4]
+                                            [--trial-minutes 4] [--synthetic] [--set K=V]
 
 `overhead`: in one process and one temporary project, the same config (the experiment with its own values,
 `--epochs` epochs, one fold, no MLflow Model) trained and scored the plain way (`train_experiment` then
@@ -45,11 +45,14 @@ DEMO_FOLD = ["training.epochs=100000", "training.early_stopping_patience=null", 
 def _project(folder: Path, data: str | None) -> str:
     """A project folder with experiments/ and data (the given dataset linked, else a tiny synthetic one)
     as the working directory; the data root to use."""
+    given = Path(data).resolve() if data is not None else None  # relative to where the benchmark started
     shutil.copytree(REPO / "experiments", folder / "experiments")
     os.chdir(folder)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if data is not None:
-        return str(Path(data).resolve())
+    if given is not None:
+        if not (given / "manifest.csv").is_file():
+            raise SystemExit(f"{given}: not a kit dataset (run `kit data import mnfinder` first)")
+        return str(given)
     from kit.data.layout import write_dataset
     from kit.data.synthetic import generate_synthetic
 
@@ -233,7 +236,7 @@ def compare(args: argparse.Namespace) -> None:
 
     space = REPO / "experiments" / "spaces" / f"{args.experiment}.yaml"
     with tempfile.TemporaryDirectory(prefix="kit-bench-compare-") as tmp:
-        root = _project(Path(tmp), args.data)
+        root = _project(Path(tmp), None if args.synthetic else args.data)
         sets = [f"data.root={root}", *DEMO_FOLD, *args.set]
         recipe = load_experiment(
             args.experiment,
@@ -287,6 +290,7 @@ def main() -> None:
     versus.add_argument("--data", default="data/mnfinder")
     versus.add_argument("--minutes", type=float, default=16.0)
     versus.add_argument("--trial-minutes", type=float, default=4.0)
+    versus.add_argument("--synthetic", action="store_true", help="a tiny synthetic set instead (a smoke run)")
     versus.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,5 +1,6 @@
 """`kit tune` with several workers (slow: separate processes, a PostgreSQL server, SIGKILL): two processes
-on one study run every trial once and lose no run, on SQLite and on PostgreSQL; a killed worker's trial
+on one SQLite study run every trial once and lose no run; on PostgreSQL the study keeps to its own schema
+of a database that holds MLflow's tables, and a second worker joins it; a killed worker's trial
 becomes FAIL with its MLflow runs FAILED and is run again when the study resumes; a trial whose Optuna
 heartbeat stopped (a worker lost on another machine) is failed the same way."""
 
@@ -80,20 +81,16 @@ def postgres_url() -> Iterator[str]:
 # -- tests ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_two_workers_on_one_study_run_each_trial_once_and_lose_no_run(
-    backend, request, tmp_path, tmp_path_factory, synthetic_src
+def test_two_workers_on_one_sqlite_study_run_each_trial_once_and_lose_no_run(
+    tmp_path, tmp_path_factory, synthetic_src
 ) -> None:
-    from kit.search.storage import open_storage
     from kit.search.study import RUN_ATTR
     from kit.tracking.schema import Role, Tag
 
     project = _project(tmp_path / "project", tmp_path_factory, synthetic_src)
-    storage = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
-    args = _tune_args("--trials", "4", *(["--storage", storage] if storage else []))
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "kit", *args],
+            [sys.executable, "-m", "kit", *_tune_args("--trials", "4")],
             cwd=project,
             env=_env(),
             stdout=subprocess.PIPE,
@@ -105,8 +102,7 @@ def test_two_workers_on_one_study_run_each_trial_once_and_lose_no_run(
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
     with inside_project(project):
-        opened = open_storage(storage or f"sqlite:///{project}/mlruns/optuna.db")
-        study = optuna.load_study(study_name="shared", storage=opened)
+        study = optuna.load_study(study_name="shared", storage=f"sqlite:///{project}/mlruns/optuna.db")
         trials = study.get_trials()
         complete = [t for t in trials if t.state.name == "COMPLETE"]
         assert 4 <= len(complete) <= 5 and len(complete) == len(trials)  # at most one extra in a race
@@ -119,18 +115,62 @@ def test_two_workers_on_one_study_run_each_trial_once_and_lose_no_run(
         assert all(r.info.status == "FINISHED" for r in _runs("shared"))  # nothing left RUNNING
         by_worker = {r.data.tags["kit.pid"] for r in runs}
         assert by_worker == {str(w.pid) for w in workers}  # both worked on the study
-        if backend == "postgresql":  # the study keeps to its own schema of the server's database
-            import sqlalchemy
 
-            engine = sqlalchemy.create_engine(storage.replace("postgresql://", "postgresql+psycopg://"))
-            with engine.connect() as connection:
-                schemas = connection.execute(
-                    sqlalchemy.text(
-                        "SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name = 'trials'"
-                    )
-                ).scalars()
-                assert list(schemas) == ["optuna"]
-            engine.dispose()
+
+def test_a_study_on_postgresql_keeps_to_its_own_schema_beside_mlflows_tables(
+    postgres_url, tmp_path, tmp_path_factory, synthetic_src
+) -> None:
+    """A team's database: MLflow's tables (here its `alembic_version`, the table both keep) in the public
+    schema, the study in schema `optuna`; a second worker joins by name."""
+    import sqlalchemy
+
+    from kit.search.study import RUN_ATTR
+    from kit.tracking.schema import Role, Tag
+    from kit.workflows.tune import tune_experiment
+
+    engine = sqlalchemy.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as connection:  # as MLflow 3.17 leaves it
+        connection.execute(
+            sqlalchemy.text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        )
+        connection.execute(sqlalchemy.text("INSERT INTO alembic_version VALUES ('v3.2.0.a')"))
+    project = _project(tmp_path / "project", tmp_path_factory, synthetic_src)
+    with inside_project(project), one_torch_thread():
+        first = tune_experiment(
+            exp="unet_tiny",
+            space="space.yaml",
+            study="team",
+            overrides=FAST,
+            n_trials=1,
+            storage=postgres_url,
+            progress=False,
+        )
+        joined = tune_experiment(study="team", n_trials=2, storage=postgres_url, progress=False)
+        assert first.counts == {"COMPLETE": 1} and joined.counts == {"COMPLETE": 2}
+        assert joined.parent_run_id == first.parent_run_id and joined.storage == postgres_url
+        runs = _runs("team", **{Tag.ROLE: Role.TRIAL})
+        assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {first.parent_run_id} and len(runs) == 2
+    with engine.connect() as connection:
+        tables = connection.execute(
+            sqlalchemy.text(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name IN ('trials', 'alembic_version')"
+            )
+        ).all()
+        assert sorted(tables) == [
+            ("optuna", "alembic_version"),
+            ("optuna", "trials"),
+            ("public", "alembic_version"),
+        ]
+        public = connection.execute(
+            sqlalchemy.text("SELECT version_num FROM public.alembic_version")
+        ).scalar()
+        assert public == "v3.2.0.a"  # MLflow's record untouched
+        run_ids = connection.execute(
+            sqlalchemy.text("SELECT value_json FROM optuna.trial_user_attributes WHERE key = :k"),
+            {"k": RUN_ATTR},
+        ).scalars()
+        assert sorted(v.strip('"') for v in run_ids) == sorted(r.info.run_id for r in runs)
+    engine.dispose()
 
 
 def test_a_killed_worker_leaves_its_trial_failed_and_the_study_resumes(
@@ -162,13 +202,12 @@ def test_a_killed_worker_leaves_its_trial_failed_and_the_study_resumes(
         (dead_run,) = _runs("shared", **{Tag.ROLE: Role.TRIAL})
         assert dead_run.info.status == "RUNNING"
         with one_torch_thread():
-            outcome = tune_experiment(study="shared", n_trials=2, progress=False)
+            outcome = tune_experiment(study="shared", n_trials=1, progress=False)
         trials = optuna.load_study(study_name="shared", storage=storage).get_trials()
-        assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
-        assert outcome.counts == {"FAIL": 1, "COMPLETE": 2}
+        assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+        assert outcome.counts == {"FAIL": 1, "COMPLETE": 1}
         retry = trials[1]
         assert retry.params == dead.params and retry.user_attrs[RETRY_ATTR] == 0  # the same values again
-        assert trials[2].params != dead.params
         runs = {r.info.run_id: r for r in _runs("shared")}
         assert runs[dead.user_attrs[RUN_ATTR]].info.status == "FAILED"
         assert runs[dead.user_attrs[RUN_ATTR]].data.tags[Tag.TRIAL_STATE] == "FAIL"
