@@ -224,6 +224,7 @@ def test_a_trial_whose_optuna_heartbeat_stopped_is_failed_and_queued_again(proje
     Optuna heartbeat stopped; the next worker's sweep fails it through the heartbeat."""
     from optuna.distributions import FloatDistribution
 
+    from kit import tracking
     from kit.search.storage import open_storage
     from kit.search.study import RETRY_ATTR, RUN_ATTR
     from kit.tracking.schema import Role, Tag, role_tags
@@ -234,22 +235,20 @@ def test_a_trial_whose_optuna_heartbeat_stopped_is_failed_and_queued_again(proje
     storage = open_storage(
         f"sqlite:///{project}/mlruns/optuna.db",
         heartbeat_interval=1,
-        grace_period=1,
+        grace_period=3,
         on_stale=workflow._trial_died,
     )
     study = optuna.create_study(storage=storage, study_name="lost", direction="maximize")
     trial = study.ask({"training.lr": FloatDistribution(1e-3, 1e-2, log=True)})
-    storage.record_heartbeat(trial._trial_id)
-    from kit import tracking
-
     experiment_id = tracking.ensure_experiment("lost")
     run = client.create_run(
         experiment_id, tags={**role_tags(Role.TRIAL, **{Tag.TRIAL: "0"}), **liveness_tags()}
     )
     trial.set_user_attr(RUN_ATTR, run.info.run_id)
+    storage.record_heartbeat(trial._trial_id)  # the worker's last beat
     workflow._fail_dead_trials(study)
     assert study.get_trials()[0].state.name == "RUNNING"  # within its grace period: left alone
-    time.sleep(2.5)
+    time.sleep(4)
     workflow._fail_dead_trials(study)
     first, queued = study.get_trials()
     assert first.state.name == "FAIL" and queued.state.name == "WAITING"
