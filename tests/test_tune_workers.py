@@ -219,6 +219,7 @@ def test_a_killed_worker_leaves_its_trial_failed_and_the_study_resumes(
         assert [r for r in runs.values() if r.info.status == "RUNNING"] == []
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_whose_optuna_heartbeat_stopped_is_failed_and_queued_again(project) -> None:
     """A worker lost on another machine: its trial run looks alive to kit (this process's id), but its
     Optuna heartbeat stopped; the next worker's sweep fails it through the heartbeat."""
