@@ -65,13 +65,14 @@ def _main_options(
 
 
 def _register_commands() -> None:
-    from kit.commands import data, demo, ensemble, model, predict, runs, score, style, train, weights
+    from kit.commands import data, demo, ensemble, model, predict, runs, score, style, train, tune, weights
 
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("evaluate")(predict.evaluate_command)
     app.command("submit")(predict.submit_command)
     app.command("ensemble")(ensemble.ensemble_command)
+    app.command("tune")(tune.tune_command)
     app.command("score")(score.score_command)
     app.command("register")(model.register_command)
     app.command("export")(model.export_command)

@@ -2,12 +2,21 @@
 
 An experiment is one YAML file with the sections below. Unknown keys and bad values are errors that
 name the key and the file. `None` in a field means "the component's own default".
+
+Inheritance: `base: NAME` (an experiment name, looked up next to the file and then in `experiments/`) or
+`base: PATH` (a .yaml path, relative to the file) makes the file a list of differences from another
+experiment. The merge order is: the base chain (recursively, the farthest base first), then the file,
+then `--set`. Sections (mappings) merge key by key; any other value, lists included, replaces the base's
+whole (as in Hydra), so `augmentation: [...]` in a child is its complete augmentation list. `name` is
+never inherited (it defaults to the file's stem). A cycle or a missing base is a one-line error.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -17,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kit.errors import ConfigError
 
 EXPERIMENTS_DIR = Path("experiments")
+BASE_KEY = "base"
+"""The key of an experiment YAML that names the experiment it inherits from."""
 
 # Every list of choices, defined once: configs validate against these, stages and the CLI read them.
 TtaMode = Literal["none", "flips", "d4"]
@@ -331,21 +342,43 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of the raw config dict with `--set` overrides applied (validation comes later)."""
-    import copy
-
     out = copy.deepcopy(raw)
     for item in overrides:
         parts, value = parse_override(item)
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part) if isinstance(node, dict) else None
-            if child is None:
-                child = {}
-                node[part] = child
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is not a section")
-            node = child
-        node[parts[-1]] = value
+        _set_path(out, parts, value, f"override '{item}'")
+    return out
+
+
+def set_values(raw: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with `section.key` → value set (values already typed, as a
+    search trial samples them; `apply_overrides` is the same for `--set` text)."""
+    out = copy.deepcopy(raw)
+    for key, value in values.items():
+        _set_path(out, [p for p in key.split(".") if p], value, f"key '{key}'")
+    return out
+
+
+def _set_path(node: dict[str, Any], parts: list[str], value: Any, what: str) -> None:
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def merge_configs(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: mappings merge key by key (recursively), anything else in `child`, lists
+    included, replaces the base's value."""
+    out = copy.deepcopy(dict(base))
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
@@ -399,14 +432,54 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> ExperimentC
 def load_experiment(
     exp: str | os.PathLike, overrides: list[str] | None = None, directory: Path | None = None
 ) -> ExperimentConfig:
-    """Load an experiment by name or path, apply `section.key=value` overrides, validate."""
+    """Load an experiment by name or path, merge its base chain under it (see the module docstring),
+    apply `section.key=value` overrides, validate."""
     path = resolve_experiment_path(exp, directory)
+    raw = _resolved_raw(path, directory, chain=())
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path))
+
+
+def _read_raw(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment must be a YAML mapping of sections")
-    raw.setdefault("name", path.stem)
-    raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, str(path))
+    return raw
+
+
+def _resolved_raw(path: Path, directory: Path | None, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The raw dict of `path` merged over its base chain; `chain` holds the files that inherit from it."""
+    key = path.resolve()
+    if key in chain:
+        cycle = " → ".join(str(p) for p in (*chain, key)[chain.index(key) :])
+        raise ConfigError(f"{path}: experiments inherit in a cycle ({cycle}); remove one `base:`")
+    raw = _read_raw(path)
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: `{BASE_KEY}:` must be an experiment name or a .yaml path, got {base!r}")
+    inherited = _resolved_raw(_base_path(path, base, directory), directory, (*chain, key))
+    inherited.pop("name", None)
+    return merge_configs(inherited, raw)
+
+
+def _base_path(child: Path, base: str, directory: Path | None) -> Path:
+    """The file `base:` names in `child`: a path relative to `child`, or a name next to `child` or in
+    `directory` (default ./experiments)."""
+    if base.endswith((".yaml", ".yml")) or "/" in base or os.sep in base:
+        path = child.parent / Path(base).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{child}: base experiment file {path} does not exist")
+        return path
+    sibling = child.parent / f"{base}.yaml"
+    if sibling.is_file():
+        return sibling
+    try:
+        return resolve_experiment_path(base, directory)
+    except ConfigError as exc:
+        raise ConfigError(f"{child}: {BASE_KEY}: {exc}") from None

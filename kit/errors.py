@@ -22,3 +22,8 @@ class ConfigError(KitError):
 
 class RunNotFoundError(KitError):
     """A stage asked MLflow for a run (or artifact) that does not exist."""
+
+
+class StopRun(Exception):
+    """Raised to stop work on purpose (a search trial its pruner gave up on): every MLflow run it passes
+    through ends KILLED, not FAILED. Control flow, never shown to a user, so not a KitError."""

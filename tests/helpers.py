@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import sqlite3
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,3 +212,49 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# a PostgreSQL server of a test's own (the study storage of `kit tune` on PostgreSQL)
+
+
+def postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (the newest version installed), or of the
+    `initdb` on the PATH; None when there is neither."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).resolve().parent if found else None
+
+
+@contextlib.contextmanager
+def postgres_server(bin_dir: Path) -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 and a free port, its cluster made by initdb in a temporary folder
+    (trust authentication, user `kit`), stopped and removed on exit; yields the URL of its `postgres`
+    database. As root (CI), the server runs as the `postgres` user of the Debian package: initdb and
+    postgres refuse to run as root."""
+    import pwd
+
+    folder = Path(tempfile.mkdtemp(prefix="kit-pg-"))
+    user: dict[str, int] = {}
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("postgres")
+        os.chown(folder, account.pw_uid, account.pw_gid)
+        user = {"user": account.pw_uid, "group": account.pw_gid}
+    port = free_port()
+    data = folder / "data"
+    run: dict[str, Any] = {"check": True, "capture_output": True, "timeout": 120, "cwd": folder, **user}
+    try:
+        subprocess.run([bin_dir / "initdb", "-D", data, "-U", "kit", "--auth=trust", "-E", "UTF8"], **run)
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start"], **run
+        )
+        yield f"postgresql://kit@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                [bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], **{**run, "check": False}
+            )
+        shutil.rmtree(folder, ignore_errors=True)

@@ -14,48 +14,69 @@ if TYPE_CHECKING:
     import pandas as pd
 
 TITLE = "training runs (newest first)"
-# Experiment and run name a run: they are shown whole, never wrapped or cut. In a narrow terminal the
-# optional columns that do not fit are left out, least useful first; when even experiment, run, val mAP
-# and status do not fit, each run is printed as a block of lines instead of a table row.
+STUDIES_TITLE = "search studies (newest first; `kit runs --exp STUDY` lists a study's trials)"
+# Experiment and run name a run (trial and run, a trial): they are shown whole, never wrapped or cut. In a
+# narrow terminal the optional columns that do not fit are left out, least useful first; when even the
+# other columns do not fit, each run is printed as a block of lines instead of a table row.
 WHOLE_COLUMNS = ("experiment", "run")
-OPTIONAL_COLUMNS = ("duration", "epochs", "folds", "started")
+TRIAL_WHOLE_COLUMNS = ("trial", "run")
+OPTIONAL_COLUMNS = ("duration", "epochs", "folds", "started", "searches", "best trial")
 
 
 def runs_command(
-    experiment: Annotated[str | None, typer.Option("--exp", "-e", help="Only this experiment.")] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--exp", "-e", help="Only this experiment; a study's: its trials.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many runs.")] = 20,
 ) -> None:
     """Leaderboard of training runs: folds, val mAP mean ± sd, epochs, duration, status, start time
-    (a narrow terminal shows fewer columns)."""
-    from kit.stages.runs import leaderboard
+    (a narrow terminal shows fewer columns); then each search study as one line (`kit tune`)."""
+    from kit.stages.runs import is_study, leaderboard, studies, study_trials
 
+    if experiment is not None and is_study(experiment):
+        trials = study_trials(experiment)
+        if trials.empty:
+            console.print(f"study '{experiment}' has no trials yet")
+        else:
+            title = f"trials of study {experiment} (OOF mAP after tuned post-processing)"
+            print_leaderboard(trials, console.width, title, TRIAL_WHOLE_COLUMNS)
+        return
     table = leaderboard(experiment, limit=limit)
-    if table.empty:
+    found = studies(experiment, limit=limit)
+    if table.empty and found.empty:
         console.print("no training runs yet; start one with `kit train --exp unet_tiny`")
         return
-    print_leaderboard(table, console.width)
+    if not table.empty:
+        print_leaderboard(table, console.width)
+    if not found.empty:
+        print_leaderboard(found, console.width, STUDIES_TITLE)
 
 
-def print_leaderboard(table: pd.DataFrame, width: int) -> None:
-    """Print `leaderboard`'s table in `width` terminal columns (see WHOLE_COLUMNS)."""
-    shown = fitting_columns(table, width)
+def print_leaderboard(
+    table: pd.DataFrame, width: int, title: str = TITLE, whole: tuple[str, ...] = WHOLE_COLUMNS
+) -> None:
+    """Print a listing of `kit.stages.runs` in `width` terminal columns (`whole`: see WHOLE_COLUMNS)."""
+    shown = fitting_columns(table, width, whole)
     if shown is None:
-        console.print(f"[bold]{TITLE}[/]")
+        console.print(f"[bold]{escape(title)}[/]")
         pad = max(len(c) for c in table.columns)
         for row in table.to_dict("records"):
-            console.print(" ".join(f"[bold]{escape(str(row[c]))}[/]" for c in WHOLE_COLUMNS), soft_wrap=True)
+            console.print(" ".join(f"[bold]{escape(str(row[c]))}[/]" for c in whole), soft_wrap=True)
             for column, value in row.items():
-                if column not in WHOLE_COLUMNS:
-                    console.print(f"  {column:<{pad}}  {escape(str(value))}")
+                if column not in whole:
+                    shown = escape(str(value)).replace("\n", "\n" + " " * (pad + 4))  # a cell of lines
+                    console.print(f"  {column:<{pad}}  {shown}")
         return
-    rich_table = frame_table(table[shown], TITLE, whole=WHOLE_COLUMNS)
+    rich_table = frame_table(table[shown], title, whole=whole)
     hidden = [c for c in table.columns if c not in shown]
     if hidden:
         rich_table.caption = f"not shown at this width: {', '.join(hidden)}"
     console.print(rich_table)
 
 
-def fitting_columns(table: pd.DataFrame, width: int) -> list[str] | None:
+def fitting_columns(
+    table: pd.DataFrame, width: int, whole: tuple[str, ...] = WHOLE_COLUMNS
+) -> list[str] | None:
     """The columns of `table` whose table is at most `width` wide at its natural size: all of them, or
     all but the optional ones that do not fit (left out least useful first); None when the columns
     that are not optional are too wide on their own."""
@@ -63,7 +84,7 @@ def fitting_columns(table: pd.DataFrame, width: int) -> list[str] | None:
     unbounded = console.options.update_width(1 << 16)  # a measurement never exceeds the width it is given
 
     def fits(columns: list[str]) -> bool:
-        rendered = frame_table(table[columns], whole=WHOLE_COLUMNS)
+        rendered = frame_table(table[columns], whole=whole)
         return Measurement.get(console, unbounded, rendered).maximum <= width
 
     def in_order(columns: set[str]) -> list[str]:

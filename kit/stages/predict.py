@@ -95,12 +95,14 @@ def predict_experiment(
     device: str | None = None,
     progress: bool = True,
     command: str = "predict",
+    parent_run_id: str | None = None,
 ) -> PredictOutcome:
     """Predict one of: `split` (default "test"), out of fold (`oof`), or the images of `input_dir`.
 
     The models are the folds of train run `train_run_id`, by default the newest finished train run of
-    `cfg.mlflow_experiment`. `tta` overrides `cfg.inference.tta`; `device` defaults to CUDA when present.
-    See the module docstring for the outputs.
+    `cfg.mlflow_experiment`. `tta` overrides `cfg.inference.tta`; `device` defaults to CUDA when present;
+    `parent_run_id` nests the predict run under another run (a search trial). See the module docstring
+    for the outputs.
     """
     chosen = [
         name
@@ -159,6 +161,7 @@ def predict_experiment(
             config_yaml=cfg.to_yaml(),
             manifest=dataset.root / "manifest.csv" if dataset else None,
             dataset_name=dataset.name if dataset else "",
+            parent_run_id=parent_run_id,
         )
         if tuning is not None:
             record = {**tuning["record"], "oof_predict_run": run_id}

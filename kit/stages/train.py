@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from kit.tracking.schema import (
 from kit.training.distributed import DistContext
 
 log = logging.getLogger(__name__)
+
+EpochHook = Callable[[int, Mapping[str, float], int], None]
+"""Called with (fold, the epoch's numbers, epoch) after each epoch is logged; raising `kit.errors.StopRun`
+stops training, and the runs end KILLED."""
 
 
 @dataclass
@@ -80,8 +85,11 @@ def train_experiment(
     resume: bool = False,
     command: str = "train",
     progress: bool = True,
+    parent_run_id: str | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> TrainOutcome:
-    """Train the folds of `cfg`; see the module docstring."""
+    """Train the folds of `cfg`; see the module docstring. `parent_run_id` nests the train run under
+    another run (a search trial); `on_epoch` sees each fold's epochs (`EpochHook`)."""
     dist = DistContext.from_environment()
     experiment = cfg.mlflow_experiment
     parent_id = None
@@ -102,14 +110,18 @@ def train_experiment(
     import mlflow
 
     tags = role_tags(Role.TRAIN, **{Tag.FOLDS: ",".join(map(str, fold_list))})
-    with tracking.start_run(experiment, command, run_name=cfg.name, tags=tags, run_id=parent_id) as parent:
+    with tracking.start_run(
+        experiment, command, run_name=cfg.name, tags=tags, run_id=parent_id, parent_run_id=parent_run_id
+    ) as parent:
         outcome = TrainOutcome(parent_run_id=parent.info.run_id, experiment=experiment)
         if parent_id is None:
             mlflow.log_text(cfg.to_yaml(), CONFIG_FILE)
             mlflow.log_params({k: v[:500] for k, v in cfg.flat_params().items()})
             tracking.log_dataset(dataset.root / "manifest.csv", name=dataset.name, context="training")
         for fold in fold_list:
-            outcome.folds.append(_run_fold(cfg, dataset, fold, dist, parent.info.run_id, command, progress))
+            outcome.folds.append(
+                _run_fold(cfg, dataset, fold, dist, parent.info.run_id, command, progress, on_epoch)
+            )
         maps = [m for m in outcome.val_maps if math.isfinite(m)]
         if maps:
             mlflow.log_metrics(
@@ -162,6 +174,7 @@ def _run_fold(
     parent_id: str,
     command: str,
     progress: bool,
+    on_epoch: EpochHook | None = None,
 ) -> FoldOutcome:
     """Train one fold in its child run (continuing an interrupted one, skipping a finished one)."""
     existing = find_role_runs(
@@ -186,7 +199,7 @@ def _run_fold(
         parent_run_id=parent_id,
         run_id=resume_run_id,
     ) as child:
-        logger = _FoldLogger(cfg, dataset, fold, resumed=resume_run_id is not None)
+        logger = _FoldLogger(cfg, dataset, fold, resumed=resume_run_id is not None, on_epoch=on_epoch)
         result = _train_fold(
             cfg, dataset, fold, dist, logger=logger, progress=progress, resume_run_id=resume_run_id
         )
@@ -274,8 +287,17 @@ class _FoldLogger:
     """What a fold's child run records: params, tags and previews at the start, each epoch's numbers,
     each checkpoint, and the best epoch and a validation overlay at the end."""
 
-    def __init__(self, cfg: ExperimentConfig, dataset: NucleiDataset, fold: int, *, resumed: bool) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        dataset: NucleiDataset,
+        fold: int,
+        *,
+        resumed: bool,
+        on_epoch: EpochHook | None = None,
+    ) -> None:
         self.cfg, self.dataset, self.fold, self.resumed = cfg, dataset, fold, resumed
+        self.on_epoch = on_epoch
 
     def start(self, model: Any, data: Any, work_dir: Path) -> None:
         """Params, tags, dataset inputs, config, val_ids.txt and previews (not again on resume)."""
@@ -307,6 +329,11 @@ class _FoldLogger:
             mlflow.log_artifact(str(preview), "previews")
 
     def epoch(self, record: dict[str, float], epoch: int) -> None:
+        self._log_epoch(record, epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(self.fold, record, epoch)
+
+    def _log_epoch(self, record: dict[str, float], epoch: int) -> None:
         import mlflow
 
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch" and math.isfinite(v)}, step=epoch)
@@ -320,7 +347,7 @@ class _FoldLogger:
         logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "epoch_time")}
         for record in history:
             if int(record["epoch"]) not in logged:
-                self.epoch(record, int(record["epoch"]))
+                self._log_epoch(record, int(record["epoch"]))
 
     def checkpoint(self, path: Path) -> None:
         import mlflow

@@ -12,6 +12,12 @@ Runs by role (`kit.role` tag) and what they hold:
   predictions are predict runs too, nested in their `ensemble` run (`kit.ensemble_run_id`).
 - `ensemble`, `evaluate` (`kit.predict_run_id`), `submit`, `import` (experiment `datasets`), `score`
   (experiment `scores`), `style-fit` (`kit.style`), `style-synth`.
+- `study`: the parent run of a `kit tune` study (tags `kit.study`, `kit.study_storage`; the MLflow experiment, named after the
+  study and tagged `kit.study` too, holds nothing else), with `space.yaml`, best-so-far metrics and, as
+  each worker ends, `trials.csv` and the study's plots under `plots/`. One `trial` child per Optuna trial
+  (tags `kit.trial` = its number, `kit.trial_state` = RUNNING / COMPLETE / PRUNED / FAIL, `kit.retry_of`),
+  whose params are the sampled values; below it the trial's `train` run (with its folds) and its OOF
+  `predict` run.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class Role:
     SCORE = "score"
     STYLE_FIT = "style-fit"
     STYLE_SYNTH = "style-synth"
+    STUDY = "study"
+    TRIAL = "trial"
 
 
 class Tag:
@@ -66,6 +74,11 @@ class Tag:
     STYLE = "kit.style"
     STYLES = "kit.styles"
     LABELS_SOURCE = "kit.labels_source"
+    STUDY = "kit.study"
+    TRIAL = "kit.trial"
+    TRIAL_STATE = "kit.trial_state"
+    RETRY_OF = "kit.retry_of"
+    STUDY_STORAGE = "kit.study_storage"
 
 
 # MLflow experiments of the stages that do not belong to one model experiment.
@@ -80,6 +93,9 @@ BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
 VAL_IDS_FILE = "val_ids.txt"
 TUNED_POSTPROCESS_FILE = "postprocess_tuned.json"
+SPACE_FILE = "space.yaml"  # a study's search space
+TRIALS_FILE = "trials.csv"  # a study's trials, as Optuna holds them
+STUDY_PLOTS_DIR = "plots"  # a study's pictures (PNG, and study.html)
 
 _PREDICT_HINTS = {
     "oof": "--oof",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kit import __version__
-from kit.errors import RunNotFoundError
+from kit.errors import RunNotFoundError, StopRun
 
 STORE_DIR = Path("mlruns")
 TAG_PREFIX = "kit."
@@ -302,7 +302,8 @@ def start_run(
     `started_at` (unix seconds) dates the run's start back to when its work began, for a stage that
     opens its run only to record work already done: the run's duration then spans the work.
 
-    The run ends FINISHED on success, FAILED on an exception and KILLED on Ctrl-C. When the working tree
+    The run ends FINISHED on success, FAILED on an exception and KILLED on Ctrl-C or `StopRun` (work
+    stopped on purpose, such as a pruned search trial). When the working tree
     is dirty, its `git diff` is logged as `git_diff.patch` so the run can be reproduced. While it runs,
     its process id and a heartbeat are in its tags, so a run whose process was killed shows as stale
     (`is_stale`) instead of running forever.
@@ -334,7 +335,7 @@ def start_run(
             mlflow.log_text(git["diff"], "git_diff.patch")
         yield run
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRun):
         status = "KILLED"
         raise
     finally:
