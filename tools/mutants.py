@@ -135,7 +135,9 @@ class _Apply(ast.NodeTransformer):
         if kind.startswith("compare") and isinstance(node, ast.Compare):
             i = int(kind.removeprefix("compare"))
             node.ops[i] = _SWAPS[type(node.ops[i])]()
-        elif (kind == "binop" and isinstance(node, ast.BinOp)) or (kind == "boolop" and isinstance(node, ast.BoolOp)):
+        elif (kind == "binop" and isinstance(node, ast.BinOp)) or (
+            kind == "boolop" and isinstance(node, ast.BoolOp)
+        ):
             node.op = _SWAPS[type(node.op)]()
         elif kind == "not" and isinstance(node, ast.UnaryOp):
             return node.operand
@@ -149,6 +151,15 @@ def apply(mutant: Mutant, root: Path) -> None:
     path = root / mutant.path
     tree = _Apply(mutant).visit(ast.parse(path.read_text()))
     path.write_text(ast.unparse(ast.fix_missing_locations(tree)))
+
+
+def _outputs_of(repo: Path):
+    """A copytree filter: the repository's own outputs and environments (top level only: kit/data is
+    code) and caches are not copied."""
+    top = {".venv", "mlruns", "data", "outputs", ".git", "submissions"}
+    return lambda folder, names: [
+        n for n in names if n == "__pycache__" or (Path(folder) == repo and n in top)
+    ]
 
 
 def main() -> int:
