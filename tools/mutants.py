@@ -181,11 +181,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="kit-mutants-") as tmp:
         copy = Path(tmp) / "repo"
-        shutil.copytree(
-            repo,
-            copy,
-            ignore=shutil.ignore_patterns(".venv", "mlruns", "data", "outputs", ".git", "__pycache__"),
-        )
+        shutil.copytree(repo, copy, ignore=_outputs_of(repo))
         env = {**os.environ, "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
         for k, mutant in enumerate(sample, 1):
             original = (copy / mutant.path).read_text()
