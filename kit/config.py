@@ -135,13 +135,22 @@ class TrainingConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    """Test-time augmentation and tiling."""
+    """Test-time augmentation and tiling; block-wise prediction of large images (`kit.scale`).
+
+    An image larger than `block` pixels on a side is predicted block by block: each `block`² core is
+    predicted with `halo` pixels around it, where its nuclei are taken from (it must exceed the largest
+    nucleus; default `overlap`, the size the tiles already assume), and `context` more pixels that only
+    feed the network (default `overlap` / 2).
+    """
 
     tta: TtaMode = "none"
     scales: list[float] = [1.0]
     tile: int = Field(512, ge=32)
     overlap: int = Field(64, ge=0)
     batch_size: int = Field(4, ge=1)
+    block: int = Field(2048, ge=64)
+    halo: int | None = Field(None, ge=0)
+    context: int | None = Field(None, ge=0)
 
 
 class WatershedThresholds(_Section):
