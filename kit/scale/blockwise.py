@@ -21,7 +21,6 @@ which then read the image and write the output themselves (both must be on stora
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,19 +48,21 @@ class BlockSettings:
     context: int
 
     @classmethod
-    def from_config(
-        cls, *inference: Any, block: int | None = None, halo: int | None = None, context: int | None = None
+    def for_model(
+        cls, model: Any, *, block: int | None = None, halo: int | None = None, context: int | None = None
     ) -> BlockSettings:
-        """Settings from one or more models' `inference` config sections (the widest halo and context of
-        them), each replaced by the argument when given."""
-        if not inference:
-            raise ConfigError("block settings need at least one model's inference config")
+        """Settings from the model's `inference_configs` (the `inference` sections of its configs; the
+        widest halo and context among them; `kit.config.InferenceConfig`'s defaults for a model without),
+        each replaced by the argument when given."""
+        from kit.config import InferenceConfig
+
+        configs = list(getattr(model, "inference_configs", None) or [InferenceConfig()])
         return cls(
-            block if block is not None else max(i.block for i in inference),
-            halo if halo is not None else max(i.halo if i.halo is not None else i.overlap for i in inference),
+            block if block is not None else max(i.block for i in configs),
+            halo if halo is not None else max(i.overlap if i.halo is None else i.halo for i in configs),
             context
             if context is not None
-            else max(i.context if i.context is not None else i.overlap // 2 for i in inference),
+            else max(i.overlap // 2 if i.context is None else i.context for i in configs),
         )
 
     @property
@@ -107,20 +108,24 @@ def predict_large(
     image: Any,
     out: Any = None,
     *,
-    inference: Sequence[Any],
     block: int | None = None,
     halo: int | None = None,
     context: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    executor: Executor | None = None,
     progress: bool = True,
 ) -> BlockwiseResult:
-    """`predict_blockwise` with settings from the models' `inference` configs (overridden by `block`,
-    `halo`, `context`) on the executor of `workers` / `scheduler` (`open_executor`). What
-    `Segmenter.predict_blocks` and `EnsembleSegmenter.predict_blocks` call."""
-    settings = BlockSettings.from_config(*inference, block=block, halo=halo, context=context)
-    with open_executor(workers, scheduler) as executor:
+    """`predict_blockwise` with the model's own block settings (`BlockSettings.for_model`, overridden by
+    `block`, `halo`, `context`), on `executor` or on the one `workers` / `scheduler` open
+    (`open_executor`; in this process by default). What `Segmenter.predict_blocks` calls."""
+    settings = BlockSettings.for_model(model, block=block, halo=halo, context=context)
+    if executor is not None:
+        if workers is not None or scheduler is not None:
+            raise ConfigError("give an executor or workers/scheduler, not both")
         return predict_blockwise(model, image, out, settings=settings, executor=executor, progress=progress)
+    with open_executor(workers, scheduler) as opened:
+        return predict_blockwise(model, image, out, settings=settings, executor=opened, progress=progress)
 
 
 def predict_blockwise(

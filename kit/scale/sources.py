@@ -17,7 +17,9 @@ Dask worker reopens the file itself.
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,7 @@ class ImageSource:
         """Pixels of `region` (y0, y1, x0, x1): (h, w) or (h, w, C), in the source's dtype."""
         y0, y1, x0, x1 = region
         if self.array is None:
-            self.array = _open(self.kind, self.path)[0]
+            self.array = _open_cached(self.kind, self.path, _mtime(self.path))[0]
         index = tuple(
             slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x" else slice(None) if a == "c" else 0
             for a in self.axes
@@ -139,6 +141,41 @@ def _kind_of(path: Path) -> str:
         f"{path}: not an image kit reads by region; expected a Zarr/OME-Zarr folder or a "
         f"{', '.join(TIFF_SUFFIXES + PLAIN_SUFFIXES)} file"
     )
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(H, W) of the image file or Zarr folder at `path` without decoding it, or None when its format
+    does not tell (JPEG). DataError as `open_image` for what is not an image."""
+    path = Path(path).expanduser()
+    kind = _kind_of(path)
+    if kind != "plain":
+        return open_image(path).shape
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return int(height), int(width)
+    return None
+
+
+def read_whole(path: str | os.PathLike) -> np.ndarray:
+    """The whole image at `path` (any source `open_image` reads) as H×W or H×W×C."""
+    source = open_image(path)
+    return source.read((0, source.shape[0], 0, source.shape[1]))
+
+
+def _mtime(path: str | None) -> int:
+    try:
+        return os.stat(path).st_mtime_ns if path else 0
+    except OSError:
+        return 0
+
+
+@functools.lru_cache(maxsize=2)
+def _open_cached(kind: str, path: str | None, mtime: int) -> tuple[Any, str]:
+    """`_open`, kept for the next blocks of the same file in this process (a Dask worker reads many
+    blocks of one image: a PNG is decoded once, a TIFF's header parsed once)."""
+    return _open(kind, path)
 
 
 def _open(kind: str, path: str | None) -> tuple[Any, str]:
