@@ -17,9 +17,10 @@ the case StarDist assumes away, that two blocks segment a nucleus near their sea
 (different context gives slightly different probabilities, so a centre can move across the seam):
 
 1. A block proposes every object of its window that touches none of the window's cut edges (it was seen
-   whole) and whose bounding-box centre lies inside its core or within `margin` pixels of it. A whole
-   object centred inside the core but touching a cut edge is larger than the halo allows: it is dropped
-   and counted (`too_large`), so the caller can say "raise the halo".
+   whole) and whose bounding-box centre lies inside its core or within `margin` pixels of it. An
+   object centred inside the core but touching a cut edge is larger than the halo allows: it is dropped,
+   and its box kept, so the caller can say how many such nuclei there were (`too_large`: the pieces
+   different blocks saw of one nucleus overlap, and count once) and "raise the halo".
 2. A proposal whose box lies inside the core shrunk by the halo (an *interior* object) cannot be seen by
    any other block: it is kept as it is. The others (*seam* objects, few) are arbitrated.
 3. Seam proposals are taken in order of depth (how far the centre lies inside its own block's core, the
@@ -61,6 +62,7 @@ TABLE_COLUMNS = (
 the model's score (detection score or predicted IoU; NaN for semantic models) and mean foreground
 probability (NaN where the model has none)."""
 
+_INTEGER_COLUMNS = ("label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1", "area")
 DUPLICATE_FRACTION = 0.5
 
 
@@ -82,13 +84,12 @@ class SeamObject:
 @dataclass
 class BlockProposals:
     """What one block proposes: interior objects (local labels and their final table rows, without the
-    global label), seam objects, and how many whole objects were too large for the halo."""
+    global label), seam objects, and the boxes of objects too large for the halo."""
 
     block: int
     interior: pd.DataFrame
     seam: list[SeamObject]
-    too_large: int
-    pixels: int = 0
+    too_large: list[Region]
 
 
 def propose(
@@ -109,7 +110,7 @@ def propose(
     top, bottom, left, right = block.cut
     scores, probs = _values(values)
     interior_ids, rows, seam = [], [], []
-    too_large = 0
+    too_large: list[Region] = []
     for local, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
@@ -121,7 +122,8 @@ def propose(
         touches = (top and ly0 == 0) or (bottom and ly1 == labels.shape[0])
         touches = touches or (left and lx0 == 0) or (right and lx1 == labels.shape[1])
         if touches:
-            too_large += depth >= 0
+            if depth >= 0:
+                too_large.append((gy0, gy1, gx0, gx1))
             continue
         mask = labels[box] == local
         score, prob = scores.get(local, np.nan), probs.get(local, np.nan)
@@ -136,7 +138,7 @@ def propose(
     core_labels = np.where(keep[core], core, 0).astype(np.int32)
     interior = pd.DataFrame(rows, columns=list(TABLE_COLUMNS[1:]))
     interior.insert(0, "local", np.asarray(interior_ids, dtype=np.int64))
-    return BlockProposals(block.index, interior, seam, int(too_large), labels.size), core_labels
+    return BlockProposals(block.index, interior, seam, too_large), core_labels
 
 
 def _values(values: pd.DataFrame | None) -> tuple[dict, dict]:
@@ -271,14 +273,31 @@ def assign_labels(proposals: Sequence[BlockProposals], arbitration: Arbitration)
             frames.append(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(TABLE_COLUMNS))
     table = table[list(TABLE_COLUMNS)].sort_values("label", ignore_index=True)
-    table = table.astype({c: "int64" for c in TABLE_COLUMNS[:5]} | {"area": "int64"})
+    table = table.astype({c: ("int64" if c in _INTEGER_COLUMNS else "float64") for c in TABLE_COLUMNS})
     return Labelling(
         luts,
         arbitration.kept,
         table,
         arbitration.duplicates,
-        sum(p.too_large for p in proposals),
+        count_overlapping([box for p in proposals for box in p.too_large]),
     )
+
+
+def count_overlapping(boxes: Sequence[Region]) -> int:
+    """The number of groups of boxes that overlap (directly or through others)."""
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(boxes):
+        for j in range(i):
+            if _intersection(a, boxes[j]) is not None:
+                parent[root(i)] = root(j)
+    return len({root(i) for i in range(len(boxes))})
 
 
 def paint_core(
