@@ -16,7 +16,7 @@ from kit.scale.executors import Executor, InProcess, open_executor
 from kit.scale.intensity import intensity_ranges
 from kit.scale.omezarr import LABEL_NAME, read_table
 from kit.scale.plan import Block, BlockPlan
-from kit.scale.sources import ImageSource, open_image
+from kit.scale.sources import ImageSource, open_image, read_whole
 
 __all__ = [
     "LABEL_NAME",
@@ -33,4 +33,5 @@ __all__ = [
     "predict_blockwise",
     "predict_large",
     "read_table",
+    "read_whole",
 ]
