@@ -99,7 +99,7 @@ def mosaic_zarr(data: str, split: str, size: int, path: Path) -> Path:
 def load_model(source: str, threads: int):
     import torch
 
-    from kit.stages.model import load_segmenter
+    from kit.hub import load_segmenter
 
     torch.set_num_threads(threads)
     return load_segmenter(source, device="cpu")

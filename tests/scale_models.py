@@ -54,38 +54,3 @@ class DiesOnceModel(ThresholdModel):
             return super().predict(image, **kwargs)
         os._exit(1)
 
-
-def train_nuclei_unet(folder: Path, steps: int = 40):
-    """unet_tiny's network trained for `steps` plain Adam steps on synthetic fluorescence nuclei (about
-    10 s on one core): a real network that finds nuclei, saved as a model folder at `folder` and
-    returned as a `kit.Segmenter`. The session's `trained_project` model is trained too briefly to find
-    any nucleus, and block-wise vs whole-image agreement needs instances to compare."""
-    import torch
-
-    from kit.config import load_experiment
-    from kit.data.normalize import image_to_tensor
-    from kit.data.synthetic import generate_synthetic
-    from kit.inference.segmenter import Segmenter
-    from kit.targets import make_targets
-    from kit.training.tasks import build_loss
-    from kit.training.trainer import build_model
-
-    torch.manual_seed(0)
-    cfg = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "unet_tiny.yaml")
-    model, loss_fn = build_model(cfg), build_loss(cfg)
-    samples = generate_synthetic(8, seed=0, size=(96, 96), styles=["fluorescence"])
-    x = torch.stack([image_to_tensor(normalize_image(s.image, 3)) for s in samples])
-    y = torch.stack([torch.from_numpy(make_targets(s.labels)) for s in samples])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(steps):
-        batch, turns = rng.choice(len(samples), 4, replace=False), int(rng.integers(4))
-        optimizer.zero_grad()
-        loss_fn(
-            model(torch.rot90(x[batch], turns, (2, 3))), torch.rot90(y[batch], turns, (2, 3)), None
-        ).backward()
-        optimizer.step()
-    segmenter = Segmenter([model.eval()], cfg, device="cpu")
-    segmenter.save(folder)
-    return segmenter

@@ -188,7 +188,9 @@ def test_the_ome_zarr_result_reads_back_with_ome_zarr(tmp_path):
         def predict(self, image, **kwargs):
             return super().predict(image[:, :, 0] // 100, **kwargs)
 
-    labels, result = blockwise(FromRed(), tmp_path / "in.tif", tmp_path / "out.ome.zarr", block=64, halo=24, context=0)
+    labels, result = blockwise(
+        FromRed(), tmp_path / "in.tif", tmp_path / "out.ome.zarr", block=64, halo=24, context=0
+    )
     assert result.path == str(tmp_path / "out.ome.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.ome.zarr"]  # no temporary left
     nodes = list(Reader(parse_url(str(tmp_path / "out.ome.zarr")))())
@@ -205,7 +207,9 @@ def test_the_ome_zarr_result_reads_back_with_ome_zarr(tmp_path):
     attrs = dict(zarr.open_group(str(tmp_path / "out.ome.zarr/labels/nuclei"), mode="r").attrs)
     assert attrs["image-label"]["source"] == {"image": "../../"}
     assert attrs["multiscales"][0]["version"] == "0.4"
-    assert dict(zarr.open_group(str(tmp_path / "out.ome.zarr/labels"), mode="r").attrs)["labels"] == ["nuclei"]
+    assert dict(zarr.open_group(str(tmp_path / "out.ome.zarr/labels"), mode="r").attrs)["labels"] == [
+        "nuclei"
+    ]
     table = read_table(tmp_path / "out.ome.zarr")
     pd.testing.assert_frame_equal(table, result.table)
     assert len(table) == 15

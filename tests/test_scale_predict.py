@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from scale_models import DiesOnceModel, ThresholdModel, train_nuclei_unet
+from helpers import predicted_labels
+from scale_models import DiesOnceModel, ThresholdModel
+from scipy import ndimage as ndi
 from test_cli import error_line, kit
 
 from kit.data.synthetic import generate_synthetic
@@ -28,10 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def unet(tmp_path_factory):
-    """(model folder, `kit.Segmenter`) of a tiny U-Net that finds synthetic nuclei."""
-    folder = tmp_path_factory.mktemp("nuclei-unet") / "model"
-    return folder, train_nuclei_unet(folder)
+def unet(trained_project, tmp_path_factory):
+    """(model folder, `kit.Segmenter`) of the session's tiny U-Net (both folds), which finds nuclei."""
+    from kit.inference.segmenter import Segmenter
+
+    checkpoints = sorted(trained_project.root.rglob("checkpoints/best.pt"))
+    assert len(checkpoints) == 2
+    model = Segmenter.from_checkpoints(checkpoints, device="cpu")
+    return model.save(tmp_path_factory.mktemp("session-unet") / "model"), model
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +47,31 @@ def mosaic() -> np.ndarray:
 
 
 def test_blockwise_equals_whole_image_for_a_trained_unet(unet, mosaic):
+    from kit.metrics import iou_matrix
+
     _, model = unet
     whole = model.predict(mosaic)
-    result = model.predict_blocks(mosaic, block=128, halo=32, context=32, progress=False)
-    agreement = label_agreement(whole, np.asarray(result.labels[:]))
+    halo = 32
+    result = model.predict_blocks(mosaic, block=128, halo=halo, context=32, progress=False)
+    labels = np.asarray(result.labels[:])
+    agreement = label_agreement(whole, labels)
     assert agreement["n_reference"] > 40  # the network finds nuclei: the comparison is not empty
     assert result.blocks == 9 and result.duplicates > 0  # nuclei on the seams were seen twice
-    assert agreement["n_other"] == agreement["matched"] == agreement["n_reference"]
-    assert agreement["cut"] == agreement["joined"] == 0
-    assert agreement["dsb"] > 0.99 and agreement["mean_matched_iou"] > 0.99
+    # Every nucleus of the whole image comes out once and whole, except those larger than the halo,
+    # which are left out and counted (this tiny model glues some nuclei into blobs of 100+ px).
+    assert agreement["n_other"] == agreement["matched"] and agreement["cut"] == agreement["joined"] == 0
+    matrix = iou_matrix(whole, labels)
+    lost = matrix.truth_ids[~(matrix.iou > 0.5).any(axis=1)]
+    boxes = ndi.find_objects(whole)
+    assert all(max(s.stop - s.start for s in boxes[i - 1]) > halo for i in lost)
+    assert result.too_large == len(lost)
+    assert agreement["identical"] >= 0.95 * agreement["matched"] and agreement["mean_matched_iou"] > 0.99
     table = result.table
     assert table["mean_prob"].between(0, 1).all() and len(table) == agreement["n_other"]
 
 
 def test_kit_predict_on_a_large_image_writes_ome_zarr_into_the_run(unet, mosaic, project):
-    from kit.stages.predict import ScaleOptions, load_predicted_labels, predict_with_model
+    from kit.stages.predict import ScaleOptions, predict_with_model
     from kit.tracking.schema import get_run
 
     folder, model = unet
@@ -63,7 +79,7 @@ def test_kit_predict_on_a_large_image_writes_ome_zarr_into_the_run(unet, mosaic,
     write_png(project / "in" / "big.png", mosaic)
     write_png(project / "in" / "small.png", mosaic[:96, :96])
     outcome = predict_with_model(
-        folder, input_dir=project / "in", progress=False, scale=ScaleOptions(block=128, halo=32)
+        folder, input_dir=project / "in", progress=False, scale=ScaleOptions(block=128, halo=48)
     )
     index = outcome.index.set_index("image_id")
     assert index.loc["big", "labels"] == "labels/big.ome.zarr" and index.loc["big", "probs"] == ""
@@ -71,7 +87,8 @@ def test_kit_predict_on_a_large_image_writes_ome_zarr_into_the_run(unet, mosaic,
     run = get_run(outcome.run_id)
     assert run.data.metrics["blocks"] == 9 + 1 and run.data.metrics["pixels"] == 320 * 384 + 96 * 96
     assert run.data.metrics["workers"] == 1 and run.data.metrics["seconds"] > 0
-    _, labels = load_predicted_labels(run)
+    assert run.data.metrics["nuclei_too_large"] == 0
+    _, labels = predicted_labels(run)
     whole = model.predict(mosaic)
     assert whole.max() > 40
     agreement = label_agreement(whole, labels["big"])
@@ -118,7 +135,7 @@ def test_a_local_cluster_gives_the_in_process_labels_and_survives_a_killed_worke
 
 @pytest.mark.slow
 def test_a_real_dask_scheduler_and_two_workers_give_the_local_labels(unet, mosaic, project, tmp_path):
-    from kit.stages.predict import ScaleOptions, load_predicted_labels, predict_with_model
+    from kit.stages.predict import ScaleOptions, predict_with_model
     from kit.tracking.schema import get_run
 
     folder, _ = unet
@@ -129,7 +146,7 @@ def test_a_real_dask_scheduler_and_two_workers_give_the_local_labels(unet, mosai
         write_png(project / "in" / f"small{k}.png", sample.image)
     scale = ScaleOptions(block=128, halo=32)
     local = predict_with_model(folder, input_dir=project / "in", progress=False, scale=scale)
-    _, expected = load_predicted_labels(get_run(local.run_id))
+    _, expected = predicted_labels(get_run(local.run_id))
     assert expected["big"].max() > 40 and all(expected[f"small{k}"].max() > 0 for k in range(2))
 
     with dask_cluster(tmp_path, workers=2) as address:
@@ -141,7 +158,7 @@ def test_a_real_dask_scheduler_and_two_workers_give_the_local_labels(unet, mosai
         )
     run = get_run(remote.run_id)
     assert run.data.metrics["workers"] == 2 and run.data.params["scheduler"] == address
-    _, labels = load_predicted_labels(run)
+    _, labels = predicted_labels(run)
     assert sorted(labels) == sorted(expected)
     for image_id, want in expected.items():
         np.testing.assert_array_equal(labels[image_id], want, err_msg=image_id)

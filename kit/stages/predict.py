@@ -383,7 +383,7 @@ def _predict_groups(
 
     started = time.perf_counter()
     rows: list[dict] = []
-    pixels = blocks = 0
+    pixels = blocks = too_large = 0
     bar = tqdm(total=sum(len(g.jobs) for g in groups), desc="predict", unit="image", disable=not progress)
     with (
         bar,  # the bar ends its line even when an image fails
@@ -405,13 +405,12 @@ def _predict_groups(
                 blocks += 1
                 bar.update(1)
             for job in large:
-                row, instances, n_blocks = _predict_large(
-                    model, job, group, root, settings, executor, progress
-                )
+                row, instances, result = _predict_large(model, job, group, root, settings, executor, progress)
                 rows.append(row)
                 table.append(_instance_table(job.image_id, group.folds, instances))
                 pixels += row["height"] * row["width"]
-                blocks += n_blocks
+                blocks += result.blocks
+                too_large += result.too_large
                 bar.update(1)
             del model
         workers = executor.workers
@@ -423,7 +422,13 @@ def _predict_groups(
             "block": scale.block or "",
             "halo": scale.halo or "",
         },
-        metrics={"pixels": pixels, "blocks": blocks, "workers": workers, "seconds": seconds},
+        metrics={
+            "pixels": pixels,
+            "blocks": blocks,
+            "workers": workers,
+            "seconds": seconds,
+            "nuclei_too_large": too_large,
+        },
     )
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), table.read(), work
 
@@ -498,9 +503,10 @@ def _image_row(job: _Job, group: _Group, result: _ImageResult, writer: ArtifactW
 
 def _predict_large(
     model: Any, job: _Job, group: _Group, root: Path, settings: Any, executor: Any, progress: bool
-) -> tuple[dict, pd.DataFrame, int]:
+) -> tuple[dict, pd.DataFrame, Any]:
     """Predict one large image block by block into `labels/<id>.ome.zarr` under `root` (no probability
-    maps: they would be larger than the image); its predictions.csv row, instances and block count."""
+    maps: they would be larger than the image); its predictions.csv row, instances and
+    `kit.scale.BlockwiseResult`."""
     from kit.scale import predict_blockwise
 
     rel = f"{LABELS_DIR}/{job.image_id}{LARGE_SUFFIX}"
@@ -532,7 +538,7 @@ def _predict_large(
         "estimated_score": np.nan,
         "estimate_flag": "",
     }
-    return row, result.table[["label", "area", "mean_prob", "score"]], result.blocks
+    return row, result.table[["label", "area", "mean_prob", "score"]], result
 
 
 class _InstanceTable:
