@@ -115,10 +115,15 @@ def exact(args: argparse.Namespace) -> None:
     whole_s = time.perf_counter() - started
     result = model.predict_blocks(image, block=args.block, halo=args.halo, progress=False)
     blocks = np.asarray(result.labels[:])
-    # The control: whole-image prediction of the same image shifted by 16 px, another tiling that is just
-    # as valid. Its disagreement with `whole` is the tiling noise floor of this model.
+    # The control: whole-image prediction of the same image shifted by 16 px (normalised with the
+    # unshifted image's levels), another tiling that is just as valid. Its disagreement with `whole` is
+    # the tiling noise floor of this model.
+    from kit.scale import intensity_ranges, open_image
+
     shift = 16
-    shifted = model.predict(np.pad(image, ((shift, 0), (shift, 0)), mode="reflect"))[shift:, shift:]
+    levels = intensity_ranges(open_image(image), [(0, image.shape[0], 0, image.shape[1])])
+    padded = np.pad(image, ((shift, 0), (shift, 0)), mode="reflect")
+    shifted = model.predict(padded, intensity_ranges=levels)[shift:, shift:]
     print(f"{args.size}² mosaic, model {args.model}, blocks of {args.block} px ({result.blocks} blocks)")
     print(f"whole image {whole_s:.1f} s, block-wise {result.seconds:.1f} s")
     print(f"{'':<22}{'block-wise':>12}{'control':>12}   (control: whole image shifted by {shift} px)")

@@ -228,3 +228,21 @@ def test_a_failed_run_leaves_no_result_under_the_final_name(tmp_path):
     with pytest.raises(DataError, match="the model broke"):
         blockwise(Broken(), constructed_truth(), tmp_path / "out.ome.zarr", block=64, halo=24, context=0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("tile", "overlap", "multiple"), [(512, 64, 32), (256, 32, 8), (512, 128, 32), (64, 8, 32)]
+)
+def test_tiles_start_on_the_network_stride_and_still_cover_the_image(tile, overlap, multiple):
+    # Block-wise and whole-image prediction agree only if every tile sees the image on the network's
+    # sampling grid (kit.inference.tiling's docstring has the measurement).
+    from kit.inference.tiling import tile_starts
+
+    for length in range(multiple, 3000, multiple):
+        starts = tile_starts(length, tile, overlap, multiple)
+        assert starts[0] == 0 and starts[-1] == max(0, length - tile)
+        assert all(s % multiple == 0 for s in starts), (length, starts)
+        gaps = np.diff(starts)
+        assert (gaps <= tile - 2 * (overlap // 4)).all(), (length, starts)  # blended weights stay positive
+        if (tile, overlap) in ((512, 64), (256, 32)):  # the shipped settings: no extra tile
+            assert len(starts) == len(tile_starts(length, tile, overlap)), length
