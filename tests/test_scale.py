@@ -58,6 +58,27 @@ def constructed_truth() -> np.ndarray:
     return truth
 
 
+def test_block_cores_tile_the_image_and_reads_start_on_the_stride_grid():
+    plan = BlockPlan((300, 410), 64, 24, 10)
+    blocks = plan.blocks()
+    cover = np.zeros((300, 410), int)
+    for b in blocks:
+        y0, y1, x0, x1 = b.core
+        cover[y0:y1, x0:x1] += 1
+        wy0, wy1, wx0, wx1 = b.window
+        assert (wy0, wy1, wx0, wx1) == (
+            max(0, y0 - 24),
+            min(300, y1 + 24),
+            max(0, x0 - 24),
+            min(410, x1 + 24),
+        )
+        ry0, ry1, rx0, rx1 = b.read
+        assert ry0 % 32 == rx0 % 32 == 0 and ry0 <= max(0, wy0 - 10) and rx0 <= max(0, wx0 - 10)
+        assert (ry1, rx1) == (min(300, wy1 + 10), min(410, wx1 + 10))
+        assert b.seams == (y0 > 0, y1 < 300, x0 > 0, x1 < 410)
+    assert (cover == 1).all() and len(blocks) == len(plan) == 5 * 7
+
+
 @pytest.mark.parametrize(("block", "halo"), [(64, 24), (64, 40), (96, 20)])
 def test_nuclei_on_block_edges_and_corners_come_out_exactly_as_the_truth(block, halo):
     truth = constructed_truth()

@@ -2,7 +2,9 @@
 
 For each block, three nested regions (global pixel coordinates, clipped to the image):
 
-    read   = window ± context    what the model is given (the context only feeds the network)
+    read   = window ± context    what the model is given (the context only feeds the network); its
+                                 top-left corner is moved back to a multiple of `ALIGN` so that the
+                                 network sees every block on the sampling grid of the whole image
     window = core ± halo         where its instances are taken from (the halo lets a nucleus that
                                  crosses the core's edge be seen whole)
     core   = block × block       the cores tile the image without overlap; one output chunk-aligned
@@ -18,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kit.errors import ConfigError
+
+ALIGN = 32
+"""Read regions start at multiples of this: the largest stride of kit's networks (a U-Net of depth 5),
+which every smaller power-of-two stride divides (`kit.inference.tiling` starts its tiles the same way)."""
 
 Region = tuple[int, int, int, int]
 """(y0, y1, x0, x1), half-open, in global pixel coordinates."""
@@ -85,6 +91,7 @@ class BlockPlan:
                 y1, x1 = min(y0 + self.block, h), min(x0 + self.block, w)
                 window = _grow((y0, y1, x0, x1), self.halo, h, w)
                 read = _grow(window, self.context, h, w)
+                read = (read[0] // ALIGN * ALIGN, read[1], read[2] // ALIGN * ALIGN, read[3])
                 seams = (y0 > 0, y1 < h, x0 > 0, x1 < w)
                 cut = (window[0] > 0, window[1] < h, window[2] > 0, window[3] < w)
                 out.append(Block(len(out), r, c, (y0, y1, x0, x1), window, read, seams, cut))
