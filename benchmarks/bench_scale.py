@@ -23,8 +23,9 @@ that dataset, synthetic fluorescence images (`kit.data.synthetic`).
 - speed: seconds per megapixel of block-wise (default settings) against whole-image prediction of the same
   in-memory mosaic, in one process (ratio; the goal is ≤ 1.2×). Time needs a quiet machine.
 - folder: `--images` mosaic crops of 512² as PNG files, predicted by `kit predict --model M --input DIR`
-  (`kit.stages.predict.predict_with_model`, one MLflow run each) in this process (today's path) and on a
-  local Dask cluster of each `--workers` count: images per second and the ratio to in-process. Peak RSS
+  (`kit.stages.predict.predict_with_model`, one MLflow run each) in this process (today's path, torch on
+  all cores) and on a local Dask cluster of each `--workers` count (cores / N threads each; cluster start
+  and model loading included): images per second and the ratio to in-process. Peak RSS
   of in-process runs on `--images` / 5 and `--images` images, in child processes, shows whether memory
   grows with the number of images.
 """
@@ -223,7 +224,7 @@ def folder(args: argparse.Namespace) -> None:
         print(f"{args.images} images of {TILE}², model {args.model}; `kit predict --model M --input DIR`")
         base = None
         for name, workers in runs:
-            out = _child(["_folder", model, str(images), str(workers or 0), str(args.threads)])
+            out = _child(["_folder", model, str(images), str(workers or 0)])
             rate = args.images / out["seconds"]
             base = base or rate
             print(
@@ -235,16 +236,14 @@ def folder(args: argparse.Namespace) -> None:
         for path in sorted(images.iterdir())[: max(1, args.images // 5)]:
             os.link(path, few / path.name)
         for folder_, n in ((few, args.images // 5), (images, args.images)):
-            out = _child(["_folder", model, str(folder_), "0", str(args.threads)])
+            out = _child(["_folder", model, str(folder_), "0"])
             print(f"  in-process, {n:>5} images: peak RSS {out['rss_gb']:.2f} GB")
 
 
-def _folder_child(model: str, images: str, workers: str, threads: str) -> dict:
-    import torch
-
+def _folder_child(model: str, images: str, workers: str) -> dict:
     from kit.stages.predict import ScaleOptions, predict_with_model
 
-    torch.set_num_threads(int(threads))
+    # torch keeps its default threads (all cores) in this process, as each local worker gets cores / N
     scale = ScaleOptions(workers=int(workers) or None)
     with tempfile.TemporaryDirectory(prefix="bench-scale-run-") as project:
         os.chdir(project)  # the predict run goes to a throwaway store (./mlruns)
