@@ -47,6 +47,9 @@ def constructed_truth() -> np.ndarray:
         disk((199, 259), 5),
         disk((199, 0), 3),
         disk((150, 30), 6),  # inside a block
+        # left of the last seam (x = 256), centre within the margin: the last-but-one block's window
+        # reaches the image border there, yet its core's right edge is still a seam
+        disk((30, 252), 3),
     ]
     for k, (rr, cc) in enumerate(shapes, start=1):
         keep = (rr >= 0) & (rr < truth.shape[0]) & (cc >= 0) & (cc < truth.shape[1])
@@ -59,7 +62,7 @@ def constructed_truth() -> np.ndarray:
 
 
 def test_block_cores_tile_the_image_and_reads_start_on_the_stride_grid():
-    plan = BlockPlan((300, 410), 64, 24, 10)
+    plan = BlockPlan((300, 410), 64, 40, 10)  # the halo reaches the border from the last-but-one blocks
     blocks = plan.blocks()
     cover = np.zeros((300, 410), int)
     for b in blocks:
@@ -82,10 +85,10 @@ def test_block_cores_tile_the_image_and_reads_start_on_the_stride_grid():
 @pytest.mark.parametrize(("block", "halo"), [(64, 24), (64, 40), (96, 20)])
 def test_nuclei_on_block_edges_and_corners_come_out_exactly_as_the_truth(block, halo):
     truth = constructed_truth()
-    assert len(np.unique(truth)) - 1 == 15
+    assert len(np.unique(truth)) - 1 == 16
     labels, result = blockwise(TruthModel(), truth, block=block, halo=halo, context=0)
     assert same_instances(truth, labels)
-    assert result.n_instances == 15 and labels.max() == 15  # global labels 1..N
+    assert result.n_instances == 16 and labels.max() == 16  # global labels 1..N
     assert result.duplicates > 0  # seam nuclei were seen by two blocks and kept once
     assert result.too_large == 0
     assert result.blocks == len(BlockPlan(truth.shape, block, halo, 0))
@@ -115,7 +118,7 @@ def test_the_instance_table_describes_the_label_image():
     truth = constructed_truth()
     labels, result = blockwise(TruthModel(), truth, block=64, halo=24, context=0)
     table = result.table
-    assert list(table["label"]) == list(range(1, 16))
+    assert list(table["label"]) == list(range(1, 17))
     for region in regionprops(labels):
         row = table.iloc[region.label - 1]
         assert row["area"] == region.area
@@ -233,7 +236,7 @@ def test_the_ome_zarr_result_reads_back_with_ome_zarr(tmp_path):
     ]
     table = read_table(tmp_path / "out.ome.zarr")
     pd.testing.assert_frame_equal(table, result.table)
-    assert len(table) == 15
+    assert len(table) == 16
 
 
 def test_a_failed_run_leaves_no_result_under_the_final_name(tmp_path):
