@@ -70,11 +70,12 @@ def test_block_cores_tile_the_image_and_reads_start_on_the_stride_grid():
         cover[y0:y1, x0:x1] += 1
         wy0, wy1, wx0, wx1 = b.window
         assert (wy0, wy1, wx0, wx1) == (
-            max(0, y0 - 24),
-            min(300, y1 + 24),
-            max(0, x0 - 24),
-            min(410, x1 + 24),
+            max(0, y0 - 40),
+            min(300, y1 + 40),
+            max(0, x0 - 40),
+            min(410, x1 + 40),
         )
+        assert b.cut == (wy0 > 0, wy1 < 300, wx0 > 0, wx1 < 410)
         ry0, ry1, rx0, rx1 = b.read
         assert ry0 % 32 == rx0 % 32 == 0 and ry0 <= max(0, wy0 - 10) and rx0 <= max(0, wx0 - 10)
         assert (ry1, rx1) == (min(300, wy1 + 10), min(410, wx1 + 10))
