@@ -127,6 +127,7 @@ def predict_command(
         f"{index['seconds'].mean():.2f} s/image, {how} (train run {outcome.train_run_id[:8]}); "
         f"MLflow predict run {outcome.run_id[:8]}"
     )
+    _print_blockwise(index)
 
 
 def _predict_with_model(
@@ -149,6 +150,19 @@ def _predict_with_model(
         f"[bold]{model}[/] {outcome.kind}: {len(index)} image(s), {int(index['n_instances'].sum())} instances, "
         f"{index['seconds'].mean():.2f} s/image; MLflow predict run {outcome.run_id[:8]} in '{outcome.experiment}'"
     )
+    _print_blockwise(index)
+
+
+def _print_blockwise(index) -> None:
+    """Say which images were predicted block by block, and where their OME-Zarr results are."""
+    from kit.inference.artifacts import LARGE_SUFFIX
+
+    large = index[index["labels"].str.endswith(LARGE_SUFFIX)]
+    if len(large):
+        console.print(
+            f"{len(large)} large image(s) predicted block by block into OME-Zarr in the run's artifacts "
+            f"({', '.join(large['labels'][:3])}{', ...' if len(large) > 3 else ''})"
+        )
 
 
 def evaluate_command(

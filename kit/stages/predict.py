@@ -4,7 +4,13 @@ What is predicted, and by which models:
 - a split of the experiment's dataset (`split="test"`): every fold model, probabilities averaged;
 - out of fold (`oof=True`): each fold model predicts exactly the ids of its `val_ids.txt`, the images it
   did not train on, so the maps are honest inputs for tuning and for the ensemble;
-- any folder (`input_dir`): a DSB-layout folder or plain image files (`kit.inference.inputs`), all models.
+- any folder (`input_dir`): a DSB-layout folder, plain image files or Zarr folders, or one image file or
+  OME-Zarr (`kit.inference.inputs`), all models.
+
+Where and how (`ScaleOptions`, `kit.scale`): images run in this process or on a Dask cluster
+(`--workers N`, `--scheduler ADDRESS`), each result written as soon as it is made; an image larger than
+the block is predicted block by block into an OME-Zarr (`labels/<id>.ome.zarr`). The run records pixels,
+blocks, workers, seconds and nuclei too large for the halo.
 
 The predict stage is a loop over `kit.inference.segmenter.Segmenter` (the object a Python user gets from
 `kit.load_segmenter`): one per group of fold models. Out-of-fold predictions of semantic models also tune
