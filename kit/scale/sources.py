@@ -7,7 +7,8 @@ as H×W or H×W×C (channels last, as kit's images are everywhere else):
   zarr; its axes (t, c, z, y, x) come from the metadata;
 - any Zarr array (a folder, or `folder.zarr/path/to/array`): (y, x), (y, x, c) or (c, y, x);
 - a TIFF or OME-TIFF: tifffile's Zarr store over its first series (full resolution), so a tiled TIFF is
-  read tile by tile; its axes come from tifffile (YX, YXS, CYX, ...);
+  read tile by tile; its axes come from tifffile (YX, YXS, CYX, ...). A strip or tile larger than
+  `kit.fileio.max_image_pixels()` is refused (decoding any region would decode it whole);
 - PNG and JPEG files, decoded whole (the formats cannot be read in parts), and numpy, Dask or zarr arrays.
 
 Axes other than y, x and one channel axis (up to 4 channels) must have length 1: a time series or a
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kit.errors import DataError
+from kit.fileio import max_image_pixels
 from kit.scale.plan import Region
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -132,6 +134,8 @@ def _kind_of(path: Path) -> str:
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
         return "zarr"
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); expected a PNG, TIFF or JPEG image")
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return "tiff"
@@ -231,6 +235,13 @@ def _axis_name(axis: Any) -> str:
     return name.lower()[:1]
 
 
+def _segment_shape(page: Any) -> tuple[int, int]:
+    """(height, width) of one strip or tile of a TIFF page: what decoding any region of it decodes."""
+    if page.is_tiled:
+        return int(page.tilelength), int(page.tilewidth)
+    return min(int(page.rowsperstrip), int(page.imagelength)), int(page.imagewidth)
+
+
 def _open_tiff(path: Path) -> tuple[Any, str]:
     import tifffile
     import zarr
@@ -238,10 +249,21 @@ def _open_tiff(path: Path) -> tuple[Any, str]:
     try:
         with tifffile.TiffFile(path) as tif:
             axes = tif.series[0].axes
+            segment = _segment_shape(tif.series[0].keyframe)
         store = tifffile.imread(path, aszarr=True, series=0, level=0)
         array = zarr.open(store, mode="r")
     except Exception as exc:  # tifffile raises many types for a damaged file
         raise DataError(f"{path}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    height, width = segment
+    if height * width > max_image_pixels():
+        # A region is read by decoding the strips or tiles it touches: one strip of the whole image
+        # would be decoded whole (a corrupt file or a decompression bomb, or an untiled slide).
+        raise DataError(
+            f"{path}: stored in pieces of {width}×{height} pixels, over kit's limit of "
+            f"{max_image_pixels() / 1e6:.0f} megapixels decoded at once (a corrupt file or a decompression "
+            "bomb?); large TIFFs must be tiled (e.g. tifffile.imwrite(..., tile=(512, 512))), or set "
+            "KIT_MAX_IMAGE_PIXELS to allow more"
+        )
     names = {"Y": "y", "X": "x", "S": "c", "C": "c"}
     mapped = "".join(names.get(a, "o") for a in axes)
     if mapped.count("c") > 1:  # both samples and channels: not an image kit reads
