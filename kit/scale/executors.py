@@ -26,8 +26,6 @@ from typing import Any, Protocol
 
 from kit.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
 
 class Executor(Protocol):
     """Runs `fn(model, item)` (or `fn(item)` without a model) for every item; yields (item, result)."""

@@ -436,7 +436,15 @@ def _predict_groups(
             "nuclei_too_large": too_large,
         },
     )
-    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), table.read(), work
+    # rows arrive as images finish (any order on a cluster): give them the order of the jobs
+    order = {job.image_id: k for k, job in enumerate(j for g in groups for j in g.jobs)}
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    index = index.sort_values("image_id", key=lambda ids: ids.map(order), kind="stable", ignore_index=True)
+    instances = table.read()
+    instances = instances.sort_values(
+        ["image_id", "label"], key=lambda c: c.map(order) if c.name == "image_id" else c, ignore_index=True
+    )
+    return index, instances, work
 
 
 def _by_size(jobs: list[_Job], block: int) -> tuple[list[_Job], list[_Job]]:
