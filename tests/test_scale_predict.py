@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 from test_cli import error_line, kit
 
 from kit.data.synthetic import generate_synthetic
+from kit.errors import KitError
 from kit.fileio import write_png
 from kit.metrics import label_agreement
 from kit.scale import BlockSettings, open_executor, predict_blockwise
@@ -129,8 +130,21 @@ def test_a_local_cluster_gives_the_in_process_labels_and_survives_a_killed_worke
             progress=False,
         )
         assert result.workers == 2
-    assert not marker.exists() and Path(f"{marker}.used").exists()  # one worker did die mid-run
-    np.testing.assert_array_equal(np.asarray(result.labels[:]), expected)
+        assert not marker.exists() and Path(f"{marker}.used").exists()  # one worker did die mid-run
+        np.testing.assert_array_equal(np.asarray(result.labels[:]), expected)
+        # A cluster that gives up on a task whose workers keep dying: one KitError, no partial result.
+        executor.client.cluster.scheduler.allowed_failures = 0
+        marker.touch()
+        with pytest.raises(KitError, match=r"the Dask workers running index \d+ died every time"):
+            predict_blockwise(
+                DiesOnceModel(marker),
+                tmp_path / "in.tif",
+                tmp_path / "again.ome.zarr",
+                settings=settings,
+                executor=executor,
+                progress=False,
+            )
+    assert not (tmp_path / "again.ome.zarr").exists()
 
 
 @pytest.mark.slow

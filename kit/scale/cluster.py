@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cloudpickle
-from distributed import as_completed, get_worker
+from distributed import KilledWorker, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
+
+from kit.errors import KitError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,14 @@ def _run_task(fn: Callable, plugin: str | None, item: Any) -> Any:
     return fn(get_worker().plugins[plugin].model, item)
 
 
+def _name(item: Any) -> str:
+    """How an error names a task's item: an image's file, a block's index, else the item itself."""
+    for attribute in ("source", "index"):
+        if hasattr(item, attribute):
+            return f"{attribute} {getattr(item, attribute)}"
+    return repr(item)[:80]
+
+
 class DaskExecutor:
     """Tasks on the cluster of `client` (see the module docstring)."""
 
@@ -73,7 +83,13 @@ class DaskExecutor:
         try:
             for future in done:
                 item = pending.pop(future)
-                result = future.result()  # re-raises the task's own exception
+                try:
+                    result = future.result()  # re-raises the task's own exception
+                except KilledWorker:
+                    raise KitError(
+                        f"the Dask workers running {_name(item)} died every time it was "
+                        "retried (out of memory? see the worker logs); the run stops"
+                    ) from None
                 future.release()
                 submit(itertools.islice(items, 1))
                 yield item, result
