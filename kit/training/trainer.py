@@ -1,6 +1,7 @@
 """The training loop of one fold: optimiser steps on random crops, validation mAP each epoch,
-best/last checkpoints, early stopping, a wall-clock budget (`training.max_minutes`), resume, AMP and
-channels-last on CUDA, DDP under torchrun.
+best/last checkpoints, early stopping, a wall-clock budget (`training.max_minutes`), resume, mixed
+precision and channels-last (`training.precision`, `training.channels_last`, on CPU and CUDA:
+`kit.models.precision`), DDP under torchrun.
 
 What differs between model tasks (batching, the loss of a batch, validation loss) is in
 `kit.training.tasks`; validation images go through the same `build_segmenter` as `kit predict`.
@@ -29,6 +30,7 @@ from kit.inference.contract import Segmentation
 from kit.inference.segmenter import build_segmenter, default_thresholds
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
+from kit.models.precision import ComputeMode
 from kit.training.data import AugmentedCrops, TrainingCrops, ValImage, worker_init
 from kit.training.distributed import DistContext
 from kit.training.optim import build_optimizer, build_scheduler
@@ -104,12 +106,10 @@ class Trainer:
         self.work_dir = work_dir
         self.on_epoch, self.on_checkpoint = on_epoch, on_checkpoint
         self.progress = progress and dist.is_main
-        self.use_amp = self.tcfg.amp and device.type == "cuda"
-        self.model = model.to(device)
-        if self.tcfg.channels_last and device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.compute = ComputeMode.resolve(device, self.tcfg.precision, self.tcfg.channels_last)
+        self.model = self.compute.prepare(model)
         self.net = dist.wrap(self.model)
-        self.task = training_task(self.model, cfg, device, self.use_amp)
+        self.task = training_task(self.model, cfg, self.compute)
         self.train_set, self.val_set, self.val_images = train_set, val_set, list(val_images)
         self.sampler = (
             DistributedSampler(train_set, shuffle=True, seed=self.tcfg.seed) if dist.enabled else None
@@ -146,7 +146,7 @@ class Trainer:
             gamma=self.tcfg.gamma,
             time_fraction=self.time_fraction,
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.compute.needs_grad_scaler)
         self.best_epoch, self.best_val_map, self.best_val_loss = -1, -math.inf, math.inf
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
@@ -199,7 +199,8 @@ class Trainer:
         state = extra["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without loss scaling (not fp16)
+            self.scaler.load_state_dict(state["scaler"])
         self.best_epoch, self.best_val_map = int(state["best_epoch"]), float(state["best_val_map"])
         self.best_val_loss = float(state["best_val_loss"])
         self.history = list(state["history"])
@@ -316,8 +317,12 @@ class Trainer:
 
     def segmenter(self) -> Callable[[np.ndarray], Segmentation]:
         """Normalised image → instances over the current weights with the experiment's inference settings
-        and thresholds (no TTA)."""
-        core = build_segmenter([self.model], self.cfg, device=self.device, amp=self.tcfg.amp)
+        and thresholds (no TTA; `inference.precision`, as `kit predict` will run it). The memory format
+        stays training's: the predictor puts its models in its format in place, and the weights being
+        trained must not move."""
+        inference = self.cfg.inference.model_copy(update={"channels_last": self.compute.channels_last})
+        cfg = self.cfg.model_copy(update={"inference": inference})
+        core = build_segmenter([self.model], cfg, device=self.device)
         thresholds = default_thresholds(self.cfg, self.model.kit_cfg["task"])
         return lambda image: core(image, thresholds)
 
