@@ -19,7 +19,7 @@ from kit.errors import ConfigError
 from kit.inference.segmenter import Segmenter, build_segmenter
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
-from kit.models.precision import resolve_precision
+from kit.models.precision import ComputeMode, resolve_precision
 from kit.training.data import fold_data
 from kit.training.distributed import DistContext
 from kit.training.trainer import Trainer, build_model
@@ -293,3 +293,44 @@ def test_train_and_predict_runs_log_the_precision_used(project, synthetic_src) -
     run = client.get_run(predict_experiment(cfg, split="test", progress=False).run_id)
     assert run.data.params["inference.precision_used"] == "bf16"
     assert run.data.params["inference.channels_last_used"] == "false"
+
+
+# --------------------------------------------------------------------------------------------------
+# depthwise convolutions in float32 when training in bf16 on a CPU
+
+
+def _depthwise_net() -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 1),
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        torch.nn.Conv2d(8, 8, 3, padding=1, groups=2),  # grouped, not depthwise
+        torch.nn.Conv2d(8, 2, 1),
+    )
+
+
+def _output_dtypes(net: torch.nn.Module, x: torch.Tensor) -> list[torch.dtype]:
+    dtypes: list[torch.dtype] = []
+    for layer in net:
+        layer.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x).float().sum().backward()
+        assert torch.is_autocast_enabled("cpu")  # left only for the depthwise layer
+    return dtypes
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [
+        ("bf16", [torch.bfloat16, torch.float32, torch.bfloat16, torch.bfloat16]),
+        ("fp32", [torch.bfloat16] * 4),  # not applied: the autocast here is the test's own
+    ],
+)
+def test_training_in_bf16_on_a_cpu_keeps_depthwise_convolutions_float32(precision, expected) -> None:
+    net = _depthwise_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ComputeMode.resolve("cpu", precision, channels_last=True).prepare_training(net)
+    x = torch.rand(2, 3, 16, 16)
+    assert _output_dtypes(net, x) == expected
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    assert net.state_dict().keys() == before.keys()  # checkpoints unchanged
+    assert not torch.is_autocast_enabled("cpu")

@@ -12,7 +12,8 @@
 
 Autocast covers the network's forward pass only: weights stay float32 (the master weights an optimiser
 updates, and what a checkpoint holds), and callers take `.float()` of the outputs, so losses,
-probability maps and everything after them are float32 whatever the precision.
+probability maps and everything after them are float32 whatever the precision. Training on a CPU in
+bf16 keeps depthwise convolutions in float32 (`ComputeMode.prepare_training`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ class ComputeMode:
         """`model` moved to the device and memory format, in place (its parameters stay float32)."""
         return model.to(self.device, memory_format=self.memory_format)
 
+    def prepare_training(self, model: nn.Module) -> nn.Module:
+        """`prepare`, and on a CPU in bf16 the depthwise convolutions kept in float32
+        (`keep_depthwise_float32`)."""
+        self.prepare(model)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            keep_depthwise_float32(model)
+        return model
+
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """A 4-D batch on the device in the memory format the model expects."""
         x = x.to(self.device, non_blocking=True)
@@ -108,3 +117,40 @@ class ComputeMode:
             f"{prefix}.precision_used": self.precision,
             f"{prefix}.channels_last_used": str(self.channels_last).lower(),
         }
+
+
+def keep_depthwise_float32(model: nn.Module) -> int:
+    """Run `model`'s depthwise convolutions (groups = input channels > 1) in float32 inside a CPU
+    autocast region, through hooks (the weights and the state dict are untouched); returns how many.
+
+    Why: oneDNN's bfloat16 backward of a depthwise convolution is slower than its float32 one, while
+    every other convolution gains. Measured on an AVX512-BF16 EPYC (unet_lite0 training step, 8 crops of
+    192², 1 thread, torch 2.14): depthwise backward ~650 ms of a ~1.3 s bf16 step against ~185 ms in
+    float32; the other convolutions' backward ~270 ms in bf16 against ~525 ms in float32.
+    """
+    layers = [
+        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    ]
+    for layer in layers:
+        layer.register_forward_pre_hook(_leave_autocast)
+        layer.register_forward_hook(_reenter_autocast)
+    return len(layers)
+
+
+_LEFT_AUTOCAST = "_kit_left_autocast"
+
+
+def _leave_autocast(module: nn.Module, args: tuple) -> tuple | None:
+    if not torch.is_autocast_enabled("cpu"):
+        return None
+    torch.set_autocast_enabled("cpu", False)
+    setattr(module, _LEFT_AUTOCAST, True)
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _reenter_autocast(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    # An exception in between needs no restoring: leaving the enclosing `torch.autocast` block resets
+    # the flag to what it was before the block.
+    if getattr(module, _LEFT_AUTOCAST, False):
+        setattr(module, _LEFT_AUTOCAST, False)
+        torch.set_autocast_enabled("cpu", True)

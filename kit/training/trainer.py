@@ -107,7 +107,7 @@ class Trainer:
         self.on_epoch, self.on_checkpoint = on_epoch, on_checkpoint
         self.progress = progress and dist.is_main
         self.compute = ComputeMode.resolve(device, self.tcfg.precision, self.tcfg.channels_last)
-        self.model = self.compute.prepare(model)
+        self.model = self.compute.prepare_training(model)
         self.net = dist.wrap(self.model)
         self.task = training_task(self.model, cfg, self.compute)
         self.train_set, self.val_set, self.val_images = train_set, val_set, list(val_images)
