@@ -17,6 +17,7 @@ from kit.workflows.demo_budget import (
     MIN_TRAINING_S,
     WATERSHED_TRIALS,
     Costs,
+    Counts,
     Speeds,
     estimate_costs,
     measure_speeds,
@@ -59,6 +60,12 @@ def test_kit_demo_through_the_cli_runs_the_whole_journey(project_dir, tmp_path) 
     assert re.search(r"wall time \d+\.\d\d min since the command started \(budget 2\.0 min\)", out), out
     # the budget the demo planned with: what was spent before training, the rest estimated
     assert re.search(r"budget 2\.0 min: \d+\.\d min spent, \d+\.\d min estimated for predictions", out), out
+    # the estimate beside what each part took, for each base model and the final stages
+    assert re.search(
+        r"time outside training, estimated → taken: after unet_lite0 [\d.]+ → [\d.]+ min, "
+        r"after maskrcnn_lite0 [\d.]+ → [\d.]+ min, ensemble to score [\d.]+ → [\d.]+ min",
+        out,
+    ), out
 
     from kit import tracking
     from kit.tracking.schema import Role, find_role_runs
@@ -112,9 +119,9 @@ def test_training_gets_what_the_fixed_costs_leave_in_shares() -> None:
 
 @pytest.mark.parametrize("minutes", [3, 15, 45])
 def test_a_correct_estimate_ends_the_demo_on_the_budget(minutes) -> None:
-    costs = Costs(after_training=(150.0, 210.0), final=90.0)
+    costs = Costs(after_training=(25.0, 35.0), final=20.0)
     budget = minutes * 60.0
-    end = _finish(costs, budget=budget, spent=40.0, actual_after=(150.0, 210.0), actual_final=90.0)
+    end = _finish(costs, budget=budget, spent=40.0, actual_after=(25.0, 35.0), actual_final=20.0)
     assert end == pytest.approx(budget)
 
 
@@ -127,40 +134,48 @@ def test_the_second_model_absorbs_the_first_models_overrun() -> None:
 
 
 def _speeds(**overrides) -> Speeds:
-    values = {"segment": {"u": 0.5, "m": 2.0}, "watershed": 0.1, "score": 0.01, **overrides}
-    return Speeds(**values)
+    values = {"segment": {"u": 0.5, "m": 2.0}, "watershed": 0.1, "score": 0.01, "write": 0.02}
+    return Speeds(**{**values, "boost_round": 0.001, **overrides})
 
 
-def _configs(folds: int = 4):
-    from kit.config import config_from_dict
+def _estimate(speeds: Speeds | None = None, train: int = 30, test: int = 10, nuclei: int = 3000) -> Costs:
+    from kit.config import EnsembleConfig, config_from_dict
 
-    return [
-        config_from_dict({"name": name, "training": {"folds": list(range(folds))}}) for name in ("u", "m")
-    ]
+    configs = [config_from_dict({"name": name, "training": {"folds": [0, 1, 2, 3]}}) for name in ("u", "m")]
+    return estimate_costs(
+        configs, ("semantic", "instance"), speeds or _speeds(), Counts(train, test, nuclei), EnsembleConfig()
+    )
 
 
 def test_fixed_costs_grow_with_prediction_time_images_and_folds() -> None:
-    base = estimate_costs(_configs(), ("semantic", "instance"), _speeds(), n_train=30, n_test=10)
-    slower = estimate_costs(
-        _configs(), ("semantic", "instance"), _speeds(segment={"u": 1.0, "m": 2.0}), n_train=30, n_test=10
-    )
+    base = _estimate()
+    slower = _estimate(_speeds(segment={"u": 1.0, "m": 2.0}))
     # 0.5 s more per U-Net prediction: 2 × 30 (last validations, out of fold) + 4 overlays + 10 × 4 (test)
     assert slower.after_training[0] - base.after_training[0] == pytest.approx(0.5 * (60 + 4 + 40))
     assert slower.after_training[1] == base.after_training[1]
-    more_test = estimate_costs(_configs(), ("semantic", "instance"), _speeds(), n_train=30, n_test=11)
-    # one more test image: predicted by every fold model of each base model
-    assert more_test.after_training[0] - base.after_training[0] == pytest.approx(4 * 0.5)
-    assert more_test.after_training[1] - base.after_training[1] == pytest.approx(4 * 2.0)
+    assert slower.final == base.final
+    more_test = _estimate(test=11)
+    # one more test image: predicted by every fold model of each base model, its files written once
+    assert more_test.after_training[0] - base.after_training[0] == pytest.approx(4 * (0.5 + 0.1) + 0.02)
+    assert more_test.after_training[1] - base.after_training[1] == pytest.approx(4 * 2.0 + 0.02)
     assert more_test.final > base.final  # evaluated and ensembled too
 
 
 def test_only_semantic_models_pay_for_watershed_tuning() -> None:
-    slow_watershed = _speeds(watershed=0.3)
-    tasks = ("semantic", "instance")
-    base = estimate_costs(_configs(), tasks, _speeds(), n_train=30, n_test=10)
-    slow = estimate_costs(_configs(), tasks, slow_watershed, n_train=30, n_test=10)
-    assert slow.after_training[0] - base.after_training[0] == pytest.approx(WATERSHED_TRIALS * 30 * 0.2)
+    base, slow = _estimate(), _estimate(_speeds(watershed=0.3))
+    # the tuning's watershed trials plus one watershed per prediction (2 × 30 + 4 + 40)
+    assert slow.after_training[0] - base.after_training[0] == pytest.approx(
+        0.2 * (WATERSHED_TRIALS * 30 + 104)
+    )
     assert slow.after_training[1] == base.after_training[1]
+
+
+def test_the_ensemble_estimate_scales_with_the_nuclei_of_the_training_images() -> None:
+    base, double = _estimate(nuclei=3000), _estimate(nuclei=6000)
+    assert double.after_training == base.after_training
+    # 10 bags × 3 folds × 200 rounds on 2/3 of (1 + 3 re-split levels + 1) × nuclei rows
+    boosting = 10 * 3 * 200 * 0.001 * 3000 * 5 * (2 / 3) / 1000
+    assert double.final - base.final == pytest.approx(boosting)
 
 
 def test_speeds_are_measured_per_base_model(project_dir) -> None:
@@ -172,10 +187,10 @@ def test_speeds_are_measured_per_base_model(project_dir) -> None:
     speeds = measure_speeds(configs, sample.image, sample.labels)
     assert set(speeds.segment) == {"unet_tiny", "maskrcnn_tiny"}
     assert all(0 < s < 30 for s in speeds.segment.values())
-    assert 0 < speeds.watershed < 30 and 0 < speeds.score < 30
+    assert all(0 < s < 30 for s in (speeds.watershed, speeds.score, speeds.write, speeds.boost_round))
 
 
-def test_demo_command_prints_its_wall_time_from_the_process_start(monkeypatch) -> None:
+def test_demo_command_prints_its_wall_time_from_the_process_start(project_dir, monkeypatch) -> None:
     import time
 
     import pandas as pd
@@ -196,4 +211,5 @@ def test_demo_command_prints_its_wall_time_from_the_process_start(monkeypatch) -
     result = CliRunner().invoke(app, ["demo", "--synthetic", "--minutes", "15"])
     assert result.exit_code == 0, result.output
     assert seen["started"] == pytest.approx(process_start(), abs=1.0)  # the clock started with Python
-    assert "wall time 15.05 min since the command started (budget 15.0 min)" in result.output
+    printed = " ".join(result.output.split())  # as rich wraps it at the console width
+    assert "wall time 15.05 min since the command started (budget 15.0 min)" in printed

@@ -342,8 +342,11 @@ def test_logged_models_are_named_after_experiment_and_role(in_project) -> None:
 
 
 def test_predict_with_a_model_uri_on_a_folder(in_project, tmp_path) -> None:
+    import torch
+
     from kit.fileio import write_png
     from kit.hub import newest_model_uri
+    from kit.models.precision import resolve_precision
     from kit.tracking.schema import find_predict_run, get_run
 
     _, _cfg, trained, test = in_project
@@ -356,6 +359,8 @@ def test_predict_with_a_model_uri_on_a_folder(in_project, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     run = find_predict_run("predictions", "input")
     assert run.data.tags["kit.model_source"] == uri
+    # the config's inference.precision (auto) as resolved on this CPU
+    assert run.data.params["inference.precision_used"] == resolve_precision("auto", torch.device("cpu"))
     _, labels = predicted_labels(run)
     expected = _nonempty(_predicted_labels(test.run_id))
     for image_id in images:
