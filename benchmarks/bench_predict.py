@@ -94,7 +94,7 @@ def main() -> None:
         from kit.inference.postprocess import instances_from_probs
 
         channels = model.core.predictor.channels
-        labels = [instances_from_probs(p, channels, **model.postprocess) for p in probs]
+        labels = [instances_from_probs(p, channels, **model.thresholds.model_dump()) for p in probs]
 
         def per_image(fn) -> float:
             return best_time(fn, 2)[0] / args.n
@@ -104,7 +104,7 @@ def main() -> None:
             "normalise": per_image(lambda: [normalize_image(im, model.in_channels) for im in images]),
             "network": per_image(lambda: [model.core.predictor.predict_probs(x) for x in normalised]),
             "post-process": per_image(
-                lambda: [instances_from_probs(p, channels, **model.postprocess) for p in probs]
+                lambda: [instances_from_probs(p, channels, **model.thresholds.model_dump()) for p in probs]
             ),
             "write": per_image(
                 lambda: [

@@ -35,9 +35,9 @@ def main() -> None:
     import torch
 
     from kit.data.dataset import NucleiDataset
+    from kit.hub import load_segmenter
     from kit.inference.segmenter import Segmenter
     from kit.metrics import dsb_score
-    from kit.stages.model import load_segmenter
 
     torch.set_num_threads(args.threads)
     loaded = load_segmenter(args.model, tta=args.tta, device="cpu")
@@ -47,7 +47,7 @@ def main() -> None:
     def at(precision: str) -> Segmenter:
         inference = loaded.config.inference.model_copy(update={"precision": precision, "channels_last": True})
         config = loaded.config.model_copy(update={"inference": inference})
-        return Segmenter(loaded.models, config, tta=loaded.tta, device="cpu", postprocess=loaded.postprocess)
+        return Segmenter(loaded.models, config, tta=loaded.tta, device="cpu", thresholds=loaded.thresholds)
 
     reference, lower = at("fp32"), at(args.precision)
     dataset = NucleiDataset(args.data)

@@ -16,7 +16,7 @@ from helpers import FAST_OVERRIDES, NO_MODEL, install_dataset
 from kit.config import config_from_dict, load_experiment
 from kit.data.dataset import NucleiDataset
 from kit.errors import ConfigError
-from kit.inference.segmenter import Segmenter, build_segmenter
+from kit.inference.segmenter import Segmenter
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
 from kit.models.precision import ComputeMode, resolve_precision
@@ -165,7 +165,7 @@ def test_prediction_runs_inference_precision_and_format(
     model = build_model(cfg).eval()
     seen = _record_forward(model)
     _, image, _ = data.val_images[0]
-    out = build_segmenter([model], cfg, device="cpu", tta="flips")(image)
+    out = Segmenter([model], cfg, device="cpu", tta="flips").predict(image, details=True)
     assert len(seen) == 4  # one forward per TTA copy
     assert {s["autocast"] for s in seen} == {autocast}
     assert {s["input_channels_last"] for s in seen} == {channels_last}
@@ -182,7 +182,7 @@ def test_mask_rcnn_predicts_under_bf16_autocast(tiny_data) -> None:
     model = build_model(cfg).eval()
     seen = _record_forward(model)
     _, image, _ = data.val_images[0]
-    out = build_segmenter([model], cfg, device="cpu")(image)
+    out = Segmenter([model], cfg, device="cpu").predict(image, details=True)
     assert [s["autocast"] for s in seen] == [torch.bfloat16]
     assert out.probs.dtype == np.float32 and out.labels.shape == image.shape[:2]
 
@@ -194,7 +194,6 @@ def test_mask_rcnn_predicts_under_bf16_autocast(tiny_data) -> None:
 def test_a_bf16_trained_checkpoint_predicts_in_fp32_like_in_bf16(tiny_data, tmp_path) -> None:
     """Tolerance: probabilities within 0.03 of each other (bfloat16 keeps 8 significant bits), label
     images matching at DSB score ≥ 0.9 (in practice identical up to a few border pixels)."""
-    from kit.data.normalize import normalize_image
     from kit.data.synthetic import generate_synthetic
 
     overrides, _ = tiny_data
@@ -225,12 +224,11 @@ def test_a_bf16_trained_checkpoint_predicts_in_fp32_like_in_bf16(tiny_data, tmp_
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}
 
     sample = generate_synthetic(1, 5, size=(160, 160), styles=("fluorescence",), test_fraction=0)[0]
-    image = normalize_image(sample.image, 3)
     out = {}
     for precision in ("fp32", "bf16"):
         model, _, _ = load_checkpoint(trainer.last_path)
         settings = _tiny_config(overrides, f"inference.precision={precision}")
-        out[precision] = build_segmenter([model], settings, device="cpu")(image)
+        out[precision] = Segmenter([model], settings, device="cpu").predict(sample.image, details=True)
     assert out["fp32"].labels.max() >= 3  # the comparison is about real instances
     assert np.abs(out["fp32"].probs - out["bf16"].probs).max() < 0.03
     assert dsb_score(out["fp32"].labels, out["bf16"].labels) >= 0.9
