@@ -385,7 +385,11 @@ def test_export_torchscript_and_onnx_match_pytorch_and_the_segmenter(in_project,
     assert "watershed" in info["not_included"]
     # Parity computed here, not taken from export.json: the files against the PyTorch network, and the
     # files plus kit's watershed against the Segmenter's labels.
-    segmenter = kit.load_segmenter(fold_run, device="cpu")
+    loaded = kit.load_segmenter(fold_run, device="cpu")
+    # the files are float32: compare with the Segmenter in float32 (`inference.precision` may be bf16)
+    inference = loaded.config.inference.model_copy(update={"precision": "fp32"})
+    config = loaded.config.model_copy(update={"inference": inference})
+    segmenter = kit.Segmenter(loaded.models, config, device="cpu", thresholds=loaded.thresholds)
     network = segmenter.models[0]
     stride = network.kit_cfg["output_stride"]
     for image in _test_images().values():
