@@ -142,10 +142,15 @@ def run_demo(
         ],
     )
     costs = demo_costs(plan, ensemble_cfg, root)
+    spent = time.perf_counter() - started
+    rest = (
+        "the rest for training"
+        if spent + costs.total() < deadline - started
+        else "over the budget: every fold trains a few steps and the demo ends late"
+    )
     announce(
-        f"budget {minutes:.1f} min: {(time.perf_counter() - started) / 60:.1f} min spent, "
-        f"{costs.total() / 60:.1f} min estimated for predictions, tuning, ensemble and scoring, "
-        f"the rest for training"
+        f"budget {minutes:.1f} min: {spent / 60:.1f} min spent, {costs.total() / 60:.1f} min estimated "
+        f"for predictions, tuning, ensemble and scoring, {rest}"
     )
     shares = [step.share for step in steps]
     bases: list[ExperimentConfig] = []
