@@ -206,8 +206,14 @@ def test_demo_command_prints_its_wall_time_from_the_process_start(project_dir, m
     assert 0 < time.perf_counter() - process_start() < 24 * 3600
     seen = {}
 
+    note = "time outside training, estimated → taken: " + ", ".join(
+        f"part {k} 1.0 → 2.0 min" for k in range(6)
+    )
+
     def fake_run_demo(**kwargs):
         seen.update(kwargs)
+        kwargs["announce"]("6/6 submission and score")
+        kwargs["announce"](note)
         return demo.DemoResult(pd.DataFrame({"model": ["x"], "test mAP": [0.5]}), Path("s.csv"), 903.0)
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
@@ -216,3 +222,4 @@ def test_demo_command_prints_its_wall_time_from_the_process_start(project_dir, m
     assert seen["started"] == pytest.approx(process_start(), abs=1.0)  # the clock started with Python
     printed = " ".join(result.output.split())  # as rich wraps it at the console width
     assert "wall time 15.05 min since the command started (budget 15.0 min)" in printed
+    assert note in printed  # printed in full, not cut to one console line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +34,7 @@ def demo_command(
         synthetic=synthetic,
         minutes=minutes,
         seed=seed,
-        announce=lambda text: console.rule(f"[bold]{text}"),
+        announce=_announce,
         started=process_start(),
     )
     print_frame(result.table, title="test split: DSB mAP@[.5:.95] per model", float_format="{:.4f}")
@@ -45,6 +46,14 @@ def demo_command(
     console.print(
         f"compare every run: [bold]kit ui[/]  (or: mlflow ui --backend-store-uri {tracking.tracking_uri()})"
     )
+
+
+def _announce(text: str) -> None:
+    """Stage headers ("2/6 train …") as rules; notes (the budget, estimated against taken time) in full."""
+    if re.match(r"\d+/\d+ ", text):
+        console.rule(f"[bold]{text}")
+    else:
+        console.print(text)
 
 
 def process_start() -> float:
