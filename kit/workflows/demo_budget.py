@@ -179,7 +179,7 @@ def _boost_round_seconds(rows: int) -> float:
     rng = np.random.default_rng(0)
     data = lgb.Dataset(rng.random((rows, FEATURES)), rng.random(rows), free_raw_data=True)
     params = {"objective": "regression", "num_leaves": 39, "bagging_fraction": 0.8, "bagging_freq": 1}
-    params |= {"force_row_wise": True, "deterministic": True, "verbosity": -1}
+    params |= {"force_row_wise": True, "deterministic": True, "verbosity": -1, "num_threads": 1}
     seconds = _best_time(lambda: lgb.train(params, data, num_boost_round=PROBE_ROUNDS), 1, warmup=False)
     return seconds / PROBE_ROUNDS
 
