@@ -59,9 +59,9 @@ def main() -> None:
     from kit.data.dataset import NucleiDataset
     from kit.data.layout import write_dataset
     from kit.data.synthetic import generate_synthetic
+    from kit.models import build_model
     from kit.models.precision import resolve_precision
     from kit.training.data import fold_data
-    from kit.training.trainer import build_model
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
