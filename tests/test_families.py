@@ -56,7 +56,7 @@ def test_classical_fit_picks_the_better_of_two_settings() -> None:
         scores[sigma] = evaluate(model)["score"]
     assert scores[2.0] > 0.8 and scores[0.0] < 0.5, scores
     assert chosen["sigma"] == 2.0 and chosen["method"] == "otsu"
-    assert chosen["fit_score"] == pytest.approx(scores[2.0])
+    assert chosen["score"] == pytest.approx(scores[2.0])
 
 
 def test_classical_maps_split_two_touching_nuclei_and_invert_dark_ones() -> None:

@@ -179,8 +179,8 @@ class Classical(FittedModule):
         return {
             "sigma": best["sigma"],
             "method": best["method"],
-            "fit_score": chosen["score"],
-            **{f"fit_{k}": v for k, v in chosen["params"].items()},
+            "score": chosen["score"],
+            **chosen["params"],
         }
 
 
