@@ -54,11 +54,12 @@ for name, extra in {
     cfg = {**base, "name": name, "ensemble": {**base["ensemble"], "bases": ["unet_lite0", "maskrcnn_lite0", *extra]}}
     (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 EOF
-CANDIDATES=(ensemble_classical ensemble_pixel_forest ensemble_deepcell ensemble_all)
-for name in "${CANDIDATES[@]}"; do
+CANDIDATES=()
+for name in ensemble_classical ensemble_pixel_forest ensemble_deepcell ensemble_all; do
   kit ensemble --exp "$OUT/$name.yaml"
+  CANDIDATES+=("$OUT/$name.yaml")
 done
-kit compare ensemble "${CANDIDATES[@]/#/$OUT/}" --kind oof --out outputs/compare/seeds-ensembles-oof
+kit compare ensemble "${CANDIDATES[@]}" --kind oof --out outputs/compare/seeds-ensembles-oof
 CHOICE=$(python -c "
 import pandas as pd
 t = pd.read_csv('outputs/compare/seeds-ensembles-oof/compare.csv')

@@ -114,15 +114,23 @@ def test_each_family_trains_predicts_evaluates_and_registers(in_families) -> Non
 
 
 @pytest.mark.slow
-def test_the_three_families_stack_in_kit_ensemble(in_families) -> None:
-    from kit.tracking.schema import find_predict_run, find_role_runs
+def test_the_three_families_stack_in_kit_ensemble(in_families, tmp_path) -> None:
+    from kit.inference.artifacts import read_index
+    from kit.tracking.schema import find_predict_run, find_role_runs, run_folder
 
     (run,) = find_role_runs("ensemble", "ensemble")
     assert run.data.tags["kit.base_experiments"] == "classical,pixel_forest,deepcell"
-    assert find_predict_run("ensemble", "test").data.tags["kit.ensemble_run_id"] == run.info.run_id
+    test_run = find_predict_run("ensemble", "test")
+    assert test_run.data.tags["kit.ensemble_run_id"] == run.info.run_id
     assert "DSB mAP" in _kit(
         "evaluate", "--exp", "ensemble", "--kind", "test", "--set", "data.root=data/synthetic"
     )
+    # Compared with others, an ensemble's seconds per image are its own plus its bases'.
+    _kit("compare", "ensemble", "classical", "--set", "data.root=data/synthetic", "--out", str(tmp_path))
+    row = pd.read_csv(tmp_path / "compare.csv").iloc[0]
+    runs = [test_run, *(find_predict_run(name, "test") for name in FAMILIES)]
+    total = sum(read_index(run_folder(r)).set_index("image_id")["seconds"] for r in runs)
+    assert row["experiment"] == "ensemble" and row["s_per_image"] == pytest.approx(total.mean())
 
 
 @pytest.mark.slow

@@ -102,6 +102,10 @@ class PixelForest(FittedModule):
         self._describe("pixel_forest", in_channels, TARGET_CHANNELS)
 
     @property
+    def is_fitted(self) -> bool:
+        return self.booster is not None
+
+    @property
     def n_features(self) -> int:
         return self.kit_cfg["in_channels"] * (1 + FEATURES_PER_SCALE * len(self.sigmas))
 

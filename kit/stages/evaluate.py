@@ -33,7 +33,7 @@ from kit.fileio import atomic_write_text
 from kit.inference.artifacts import read_index, read_predicted_labels
 from kit.metrics import SIZE_BINS, Evaluation, evaluate, plot_ap_curves
 from kit.metrics.report import summary_metrics, write_report
-from kit.tracking.schema import Role, Tag, find_predict_run, role_tags, run_folder
+from kit.tracking.schema import Role, Tag, find_predict_run, get_run, role_tags, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _compare(
     Files: compare.csv (one row per experiment: mAP with its bootstrap 95 % interval, its difference from
     the first experiment with a paired bootstrap interval, average F1, AP and F1 at 0.5/0.75, precision and
     recall at 0.7, missed nuclei by size, extra, merges, splits, Dice, seconds per image from
-    predictions.csv), compare_curves.csv (AP and F1 per IoU threshold 0.50–0.95), compare_ap_vs_iou.png,
+    predictions.csv, an ensemble's with its bases' added), compare_curves.csv (AP and F1 per IoU threshold 0.50–0.95), compare_ap_vs_iou.png,
     compare_f1_vs_iou.png, compare_errors.png and compare_gallery.png (TP/FP/FN overlays of the
     `n_gallery` images on which the experiments' scores differ most).
     """
@@ -233,7 +233,7 @@ def _compare(
         scores[name] = per_image.set_index("image_id")["score"].reindex(common).to_numpy()
         lo, hi = s["map_ci95"] or (np.nan, np.nan)
         diff = paired_bootstrap_ci(scores[name], scores[names[0]], n_bootstrap) or (np.nan, np.nan)
-        seconds = index.set_index("image_id")["seconds"].reindex(common)
+        seconds = _seconds(other_run, index, common)
         f1 = f1_curve(per_image)
         rows.append(
             {
@@ -261,7 +261,7 @@ def _compare(
                 "merges": s["merges"],
                 "splits": s["splits"],
                 "dice": s["dice"],
-                "s_per_image": float(pd.to_numeric(seconds, errors="coerce").mean()),
+                "s_per_image": float(seconds.mean()),
             }
         )
         curves += [
@@ -291,6 +291,17 @@ def _compare(
     if gallery:
         files.append(plot_overlay_gallery(gallery, out / "compare_gallery.png"))
     return table, files
+
+
+def _seconds(run: Any, index: pd.DataFrame, ids: Sequence[str]) -> pd.Series:
+    """Seconds each image of `ids` took to predict (predictions.csv); for an ensemble's predictions, plus
+    the seconds its base models' predict runs took on it, so the whole model is timed."""
+    seconds = pd.to_numeric(index.set_index("image_id")["seconds"], errors="coerce").reindex(ids)
+    for item in filter(None, run.data.tags.get(Tag.BASE_PREDICT_RUNS, "").split(",")):
+        base = get_run(item.partition(":")[2])
+        base_index = read_index(run_folder(base)).set_index("image_id")["seconds"]
+        seconds = seconds + pd.to_numeric(base_index, errors="coerce").reindex(ids)
+    return seconds
 
 
 def _log_evaluation(
