@@ -37,25 +37,10 @@ kit compare unet_lite0 maskrcnn_lite0 ensemble deepcell pixel_forest classical -
   --out outputs/compare/seeds-test
 
 # --- 2. a third or fourth family in the ensemble, chosen on the out-of-fold images only ------------------------
-python - "$OUT" <<'EOF'
-import sys
-from pathlib import Path
-
-import yaml
-
-out = Path(sys.argv[1])
-base = yaml.safe_load(Path("experiments/ensemble.yaml").read_text())
-for name, extra in {
-    "ensemble_classical": ["classical"],
-    "ensemble_pixel_forest": ["pixel_forest"],
-    "ensemble_deepcell": ["deepcell"],
-    "ensemble_all": ["classical", "pixel_forest", "deepcell"],
-}.items():
-    cfg = {**base, "name": name, "ensemble": {**base["ensemble"], "bases": ["unet_lite0", "maskrcnn_lite0", *extra]}}
-    (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-EOF
 CANDIDATES=()
-for name in ensemble_classical ensemble_pixel_forest ensemble_deepcell ensemble_all; do
+for extra in classical pixel_forest deepcell "classical, pixel_forest, deepcell"; do
+  name="ensemble_$(echo "$extra" | tr -d ' ' | tr ',' '_')"
+  printf 'base: ensemble\nensemble:\n  bases: [unet_lite0, maskrcnn_lite0, %s]\n' "$extra" > "$OUT/$name.yaml"
   kit ensemble --exp "$OUT/$name.yaml"
   CANDIDATES+=("$OUT/$name.yaml")
 done
@@ -77,17 +62,7 @@ done
 # against the same recipe trained on the truth. (The classical parameters were chosen on the train split's
 # truth: 2 choices and 6 watershed thresholds, far from a network's fit of it.)
 kit data autolabel --from classical --data data/mnfinder --splits train --out data/mnfinder-auto
-python - "$OUT" <<'EOF'
-import sys
-from pathlib import Path
-
-import yaml
-
-cfg = yaml.safe_load(Path("experiments/unet_lite0.yaml").read_text())
-cfg["name"] = "unet_lite0_autolabels"
-cfg["data"]["root"] = "data/mnfinder-auto"
-(Path(sys.argv[1]) / "unet_lite0_autolabels.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-EOF
+printf 'base: unet_lite0\ndata:\n  root: data/mnfinder-auto\n' > "$OUT/unet_lite0_autolabels.yaml"
 AUTO="$OUT/unet_lite0_autolabels.yaml"
 kit train --exp "$AUTO" --folds all --set training.max_minutes="$M"
 kit predict --exp "$AUTO" --oof
