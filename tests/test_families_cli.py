@@ -1,8 +1,9 @@
 """The seeds' families through the CLI, exactly as unet_* and maskrcnn_*: `kit train` (a train run with a
 fold child) → `kit predict --oof` / `--split test` → `kit evaluate` → `kit register`, the three stacked by
 `kit ensemble`, compared by `kit compare` (values checked against `kit evaluate` of each), and the
-classical pipeline used untrained (`kit predict --model classical --input DIR`) and as the labeller of
-`kit data autolabel`, whose dataset trains but is refused as truth. Tiny settings: plumbing, not accuracy."""
+classical pipeline used untrained (`kit predict --model classical --input DIR`, and labelling a folder)
+and trained as the labeller of `kit data autolabel`, whose dataset trains but is refused as truth. Tiny
+settings: plumbing, not accuracy."""
 
 from __future__ import annotations
 
@@ -232,3 +233,10 @@ def test_classical_predicts_new_images_before_any_training(project, synthetic_sr
     assert "2 image(s)" in output
     _, labels = predicted_labels(find_predict_run("predictions", "input"))
     assert sorted(labels) == sorted(chosen) and all(lab.max() > 0 for lab in labels.values())
+
+    # The same untrained pipeline labels a folder of unlabelled images as a new training set.
+    _kit("data", "autolabel", "--from", "classical", "--input", str(folder), "--out", "data/auto")
+    auto = NucleiDataset("data/auto")
+    assert sorted(auto.ids("train")) == sorted(chosen) and auto.automatic_labels() == auto.ids()
+    for image_id in chosen:
+        np.testing.assert_array_equal(auto.load(image_id).labels, labels[image_id])
