@@ -87,17 +87,29 @@ class PixelForest(FittedModule):
         num_leaves: int,
         rounds: int,
         learning_rate: float,
+        num_threads: int,
     ) -> None:
         super().__init__()
-        if not sigmas or min(sigmas) <= 0 or samples_per_class < 1 or num_leaves < 2 or rounds < 1:
+        if (
+            not sigmas
+            or min(sigmas) <= 0
+            or samples_per_class < 1
+            or num_leaves < 2
+            or rounds < 1
+            or num_threads < 0
+        ):
             raise ConfigError(
-                "pixel_forest: need positive sigmas, samples_per_class >= 1, num_leaves >= 2 and rounds >= 1; "
-                f"got sigmas={list(sigmas)}, samples_per_class={samples_per_class}, num_leaves={num_leaves}, "
-                f"rounds={rounds}"
+                "pixel_forest: need positive sigmas, samples_per_class >= 1, num_leaves >= 2, rounds >= 1 and "
+                f"num_threads >= 0; got sigmas={list(sigmas)}, samples_per_class={samples_per_class}, "
+                f"num_leaves={num_leaves}, rounds={rounds}, num_threads={num_threads}"
             )
         self.sigmas = [float(s) for s in sigmas]
         self.samples_per_class, self.num_leaves = int(samples_per_class), int(num_leaves)
-        self.rounds, self.learning_rate = int(rounds), float(learning_rate)
+        self.rounds, self.learning_rate, self.num_threads = (
+            int(rounds),
+            float(learning_rate),
+            int(num_threads),
+        )
         self.booster: Any = None
         self._describe("pixel_forest", in_channels, TARGET_CHANNELS)
 
@@ -140,11 +152,12 @@ class PixelForest(FittedModule):
             "bagging_freq": 1,
             "min_data_in_leaf": 20,
             "seed": seed,
+            "num_threads": self.num_threads,
             "deterministic": True,
             "verbose": -1,
         }
         self.booster = lgb.train(params, lgb.Dataset(x, y), num_boost_round=self.rounds)
-        accuracy = float(np.mean(self.booster.predict(x).argmax(axis=1) == y))
+        accuracy = float(np.mean(self.booster.predict(x, num_threads=self.num_threads).argmax(axis=1) == y))
         return {
             "n_pixels": int(y.size),
             **{f"n_pixels_{name}": int(n) for name, n in zip(TARGET_CHANNELS, present, strict=True)},
@@ -155,7 +168,7 @@ class PixelForest(FittedModule):
     def predict_maps(self, image: np.ndarray) -> np.ndarray:
         features = filter_bank(image, self.sigmas)
         h, w, f = features.shape
-        probs = self.booster.predict(features.reshape(-1, f))
+        probs = self.booster.predict(features.reshape(-1, f), num_threads=self.num_threads)
         return probs.reshape(h, w, -1).transpose(2, 0, 1).astype(np.float32)
 
     def fitted_state(self) -> dict[str, Any]:
@@ -175,7 +188,10 @@ def pixel_forest(
     num_leaves: int = 31,
     rounds: int = 100,
     learning_rate: float = 0.1,
+    num_threads: int = 1,
 ) -> PixelForest:
     """The pixel classifier (module docstring): features at `sigmas`, up to `samples_per_class` pixels
-    of each class per training image, `rounds` boosting rounds of trees with `num_leaves` leaves."""
-    return PixelForest(in_channels, sigmas, samples_per_class, num_leaves, rounds, learning_rate)
+    of each class per training image, `rounds` boosting rounds of trees with `num_leaves` leaves, on
+    `num_threads` OpenMP threads (0: all cores; one by default, as the ensemble's boosters: on a busy
+    machine LightGBM's threads spinning against each other cost far more than they gain)."""
+    return PixelForest(in_channels, sigmas, samples_per_class, num_leaves, rounds, learning_rate, num_threads)
