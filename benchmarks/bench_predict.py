@@ -56,9 +56,9 @@ def main() -> None:
     from kit.fileio import read_image, write_png
     from kit.inference.artifacts import write_labels, write_probs
     from kit.inference.segmenter import Segmenter
+    from kit.models import build_model
     from kit.models.checkpoint import save_checkpoint
     from kit.stages.predict import predict_with_model
-    from kit.training.trainer import build_model
 
     torch.set_num_threads(args.threads)
     cfg = load_experiment(repo / "experiments" / f"{args.experiment}.yaml", ["model.pretrained=false"])

@@ -59,9 +59,9 @@ def main() -> None:
     from kit.data.dataset import NucleiDataset
     from kit.data.layout import write_dataset
     from kit.data.synthetic import generate_synthetic
+    from kit.models import build_model
     from kit.models.precision import resolve_precision
     from kit.training.data import fold_data
-    from kit.training.trainer import build_model
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,8 +115,9 @@ def main() -> None:
 def _trainer(cfg, data, initial, work: Path):
     import torch
 
+    from kit.models import build_model
     from kit.training.distributed import DistContext
-    from kit.training.trainer import Trainer, build_model
+    from kit.training.trainer import Trainer
 
     model = build_model(cfg)
     model.load_state_dict(initial)
@@ -129,9 +130,9 @@ def time_settings(config, data, initial, repeats: int) -> dict[str, list[float]]
     """Seconds of one epoch per setting: the bare loop and kit's trainer at each of `SETTINGS`."""
     from torch.utils.data import DataLoader
 
+    from kit.models import build_model
     from kit.training.optim import build_optimizer
     from kit.training.tasks import build_loss
-    from kit.training.trainer import build_model
 
     cfg = config()
 

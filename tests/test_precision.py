@@ -18,11 +18,12 @@ from kit.data.dataset import NucleiDataset
 from kit.errors import ConfigError
 from kit.inference.segmenter import Segmenter
 from kit.metrics import dsb_score
+from kit.models import build_model
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
 from kit.models.precision import ComputeMode, resolve_precision
 from kit.training.data import fold_data
 from kit.training.distributed import DistContext
-from kit.training.trainer import Trainer, build_model
+from kit.training.trainer import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

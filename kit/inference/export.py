@@ -23,6 +23,7 @@ from kit.data.normalize import normalize_image
 from kit.errors import ConfigError, KitError
 from kit.fileio import atomic_write_text
 from kit.models.activation import SOFTMAX_GROUP, model_activation
+from kit.models.fitted import FittedModule
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 
@@ -40,6 +41,11 @@ class ProbabilityNet(nn.Module):
         if model.kit_cfg.get("task") != "semantic":
             raise ConfigError(
                 "only semantic models (U-Net, FPN) export; Mask R-CNN's detection head does not"
+            )
+        if isinstance(model, FittedModule):
+            raise ConfigError(
+                f"{model.kit_cfg['arch']} computes its maps with numpy/scipy/LightGBM, not torch: there is no "
+                "network to export; use the MLflow Model (`kit register`) instead"
             )
         self.model = model.to(memory_format=torch.contiguous_format).eval()
         self.channels = tuple(model.kit_cfg["channels"])

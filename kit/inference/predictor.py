@@ -17,6 +17,7 @@ from kit.data.normalize import image_to_tensor
 from kit.inference.tiling import model_predictor, predict_tiled
 from kit.inference.tta import predict_tta
 from kit.models.precision import ComputeMode
+from kit.models.registry import model_device
 
 
 def image_tensor(image: np.ndarray, in_channels: int, device: torch.device) -> torch.Tensor:
@@ -51,7 +52,7 @@ class Predictor:
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model")
-        self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
+        self.device = torch.device(device) if device is not None else model_device(models[0])
         self.compute = ComputeMode.resolve(self.device, precision, channels_last)
         self.models = [self.compute.prepare(m).eval() for m in models]
         cfg = self.models[0].kit_cfg

@@ -18,6 +18,7 @@ from torch import nn
 from kit.errors import ConfigError
 from kit.models.activation import model_activation, probabilities
 from kit.models.precision import ComputeMode
+from kit.models.registry import model_device
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -27,7 +28,7 @@ def model_predictor(model: nn.Module, compute: ComputeMode | None = None) -> Pre
     `compute`'s memory format), runs the model under `compute`'s autocast (default: float32) and returns
     float32 probabilities for `model.kit_cfg["channels"]` under the model's own activation. Put the model
     in eval mode first."""
-    compute = compute or ComputeMode(next(model.parameters()).device, "fp32", channels_last=False)
+    compute = compute or ComputeMode(model_device(model), "fp32", channels_last=False)
     channels, activation = model.kit_cfg["channels"], model_activation(model)
 
     def predict(x: torch.Tensor) -> torch.Tensor:

@@ -219,20 +219,20 @@ def _train_fold(
     """Fit one fold (every rank runs this; only rank 0 has a `logger`); the trainer's FitResult."""
     import torch
 
+    from kit.models import build_model
     from kit.training.data import fold_data
-    from kit.training.trainer import Trainer, build_model
+    from kit.training.fitting import fold_trainer
 
     data = fold_data(cfg, dataset, fold)
     torch.manual_seed(cfg.training.seed)  # the same initial weights for the same seed (resume relies on it)
     model = build_model(cfg)
     with tempfile.TemporaryDirectory(prefix=f"kit-{cfg.name}-fold{fold}-") as tmp:
         work_dir = Path(tmp)
-        trainer = Trainer(
+        trainer = fold_trainer(
             cfg,
             model,
-            data.train_set,
-            data.val_set,
-            data.val_images,
+            data,
+            dataset,
             work_dir=work_dir,
             device=dist.device(),
             dist=dist,
@@ -377,6 +377,7 @@ class _FoldLogger:
                 "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
+                **{k: v[:500] for k, v in result.fitted.items()},
             }
         )
         if result.best_checkpoint is None or not val_images:

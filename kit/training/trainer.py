@@ -48,6 +48,8 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
+    fitted: dict[str, str] = field(default_factory=dict)
+    """What a fitted model (`kit.training.fitting`) chose, as params to log; empty for networks."""
 
 
 def validation_map(
@@ -63,24 +65,16 @@ def validation_map(
     return (float(np.mean(scores)) if scores else float("nan")), predicted
 
 
-def build_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's network from the model registry (output channels from `cfg.targets` and the
-    activation of `cfg.training.loss` for the builders that take them: semantic models)."""
-    from kit.models import create_model
-    from kit.models.activation import activation_for_loss
-    from kit.models.registry import model_arguments
-    from kit.targets import target_channels
-
-    kwargs = {
-        "encoder": cfg.model.encoder,
-        "in_channels": cfg.data.channels,
-        "pretrained": cfg.model.pretrained,
-    }
-    if "channels" in model_arguments(cfg.model.name):
-        kwargs["channels"] = target_channels(cfg.targets.include_mask)
-    if "activation" in model_arguments(cfg.model.name):
-        kwargs["activation"] = activation_for_loss(cfg.training.loss.mode)
-    return create_model(cfg.model.name, **kwargs, **cfg.model.params)
+def fold_segmenter(
+    model: nn.Module, cfg: ExperimentConfig, device: torch.device, *, channels_last: bool
+) -> Callable[[np.ndarray], Segmentation]:
+    """Normalised image → instances of one fold model as it stands, with the experiment's inference
+    settings and thresholds (no TTA; `inference.precision`, as `kit predict` will run it) in the memory
+    format `channels_last`: what validation scores."""
+    inference = cfg.inference.model_copy(update={"channels_last": channels_last})
+    core = build_segmenter([model], cfg.model_copy(update={"inference": inference}), device=device)
+    thresholds = default_thresholds(cfg, model.kit_cfg["task"])
+    return lambda image: core(image, thresholds)
 
 
 class Trainer:
@@ -316,15 +310,10 @@ class Trainer:
         return out
 
     def segmenter(self) -> Callable[[np.ndarray], Segmentation]:
-        """Normalised image → instances over the current weights with the experiment's inference settings
-        and thresholds (no TTA; `inference.precision`, as `kit predict` will run it). The memory format
-        stays training's: the predictor puts its models in its format in place, and the weights being
-        trained must not move."""
-        inference = self.cfg.inference.model_copy(update={"channels_last": self.compute.channels_last})
-        cfg = self.cfg.model_copy(update={"inference": inference})
-        core = build_segmenter([self.model], cfg, device=self.device)
-        thresholds = default_thresholds(self.cfg, self.model.kit_cfg["task"])
-        return lambda image: core(image, thresholds)
+        """Normalised image → instances over the current weights (`fold_segmenter`), in training's memory
+        format: the predictor puts its models in its format in place, and the weights being trained must
+        not move."""
+        return fold_segmenter(self.model, self.cfg, self.device, channels_last=self.compute.channels_last)
 
     def _after_epoch(self, epoch: int, record: dict[str, float]) -> None:
         record = {"epoch": float(epoch), **record}

@@ -147,8 +147,8 @@ def measure_speeds(configs: Sequence[ExperimentConfig], image: np.ndarray, label
     from kit.inference.postprocess import instances_from_probs
     from kit.inference.segmenter import Segmenter
     from kit.metrics import dsb_score
+    from kit.models import build_model
     from kit.targets import make_targets, target_channels
-    from kit.training.trainer import build_model
 
     segment = {}
     for cfg in configs:
