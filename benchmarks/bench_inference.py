@@ -40,7 +40,7 @@ def realistic_probs(shape: tuple[int, int], channels: tuple[str, ...], seed: int
 def build(name: str):
     """(model, experiment config) of an experiment YAML, random weights."""
     from kit.config import load_experiment
-    from kit.training.trainer import build_model
+    from kit.models import build_model
 
     cfg = load_experiment(name, ["model.pretrained=false"])
     return build_model(cfg).eval(), cfg

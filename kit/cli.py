@@ -70,6 +70,7 @@ def _register_commands() -> None:
     app.command("train")(train.train_command)
     app.command("predict")(predict.predict_command)
     app.command("evaluate")(predict.evaluate_command)
+    app.command("compare")(predict.compare_command)
     app.command("submit")(predict.submit_command)
     app.command("ensemble")(ensemble.ensemble_command)
     app.command("tune")(tune.tune_command)

@@ -213,6 +213,8 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     arr = np.asarray(image)
     if arr.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: PNG needs uint8 or uint16, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        raise DataError(f"{path}: PNG holds 1, 3 or 4 channels, got {arr.shape[2]}")
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = arr[:, :, ::-1]
     elif arr.ndim == 3 and arr.shape[2] == 4:

@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
+# pytest-xdist's workers inherit COLUMNS from the controller's terminal; rich's Console, created when kit's
+# commands are imported, would then fix its width for the whole session, whatever width a test asks for.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 from pathlib import Path
 

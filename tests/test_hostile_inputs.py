@@ -23,8 +23,8 @@ GOOD_MASKS = ("masks/a.png", "masks/b.png")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained unet_tiny checkpoint: enough for `kit predict --model` to read and predict images."""
     from kit.config import load_experiment
+    from kit.models import build_model
     from kit.models.checkpoint import save_checkpoint
-    from kit.training.trainer import build_model
 
     folder = tmp_path_factory.mktemp("model")
     with inside_project(folder), one_torch_thread():

@@ -306,6 +306,29 @@ def dataset(n: int = 12, seed: int = 3) -> list[tuple[str, np.ndarray, np.ndarra
     return [(f"img{i:02d}", *random_pair(rng)) for i in range(n)]
 
 
+def test_f1_curve_extends_the_f1_columns_to_every_dsb_threshold() -> None:
+    """F1 per threshold from the AP columns (2·AP / (1 + AP)) equals the F1 counted from TP/FP/FN, at
+    0.50–0.90 where per-image F1 columns exist, and goes on to 0.95 (and paired CIs bracket the mean
+    difference)."""
+    from kit.metrics import f1_curve, paired_bootstrap_ci
+
+    pairs = dataset()
+    ev = evaluate(pairs, n_bootstrap=0)
+    curve = f1_curve(ev.per_image)
+    assert list(curve) == [f"{t:.2f}" for t in THRESHOLDS]
+    assert curve["0.50"] > 0 and curve["0.95"] <= curve["0.50"]
+    for t in THRESHOLDS[:9]:
+        assert curve[f"{t:.2f}"] == pytest.approx(ev.summary["f1_per_threshold"][f"{t:.2f}"])
+    counted = []
+    for _, t, p in pairs:
+        m = iou_matrix(t, p)
+        counted.append(1.0 if m.n_true + m.n_pred == 0 else 2 * hits_at(m.iou, 0.95) / (m.n_true + m.n_pred))
+    assert curve["0.95"] == pytest.approx(np.mean(counted))
+    a, b = ev.per_image["score"].to_numpy(), ev.per_image["ap_0.75"].to_numpy()
+    lo, hi = paired_bootstrap_ci(a, b, 500)
+    assert lo < np.mean(a - b) < hi
+
+
 def test_evaluate_per_image_and_summary() -> None:
     pairs = dataset()
     ev = evaluate(pairs, n_bootstrap=200, seed=0)

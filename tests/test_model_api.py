@@ -342,8 +342,11 @@ def test_logged_models_are_named_after_experiment_and_role(in_project) -> None:
 
 
 def test_predict_with_a_model_uri_on_a_folder(in_project, tmp_path) -> None:
+    import torch
+
     from kit.fileio import write_png
     from kit.hub import newest_model_uri
+    from kit.models.precision import resolve_precision
     from kit.tracking.schema import find_predict_run, get_run
 
     _, _cfg, trained, test = in_project
@@ -356,6 +359,8 @@ def test_predict_with_a_model_uri_on_a_folder(in_project, tmp_path) -> None:
     assert result.exit_code == 0, result.output
     run = find_predict_run("predictions", "input")
     assert run.data.tags["kit.model_source"] == uri
+    # the config's inference.precision (auto) as resolved on this CPU
+    assert run.data.params["inference.precision_used"] == resolve_precision("auto", torch.device("cpu"))
     _, labels = predicted_labels(run)
     expected = _nonempty(_predicted_labels(test.run_id))
     for image_id in images:
@@ -380,7 +385,11 @@ def test_export_torchscript_and_onnx_match_pytorch_and_the_segmenter(in_project,
     assert "watershed" in info["not_included"]
     # Parity computed here, not taken from export.json: the files against the PyTorch network, and the
     # files plus kit's watershed against the Segmenter's labels.
-    segmenter = kit.load_segmenter(fold_run, device="cpu")
+    loaded = kit.load_segmenter(fold_run, device="cpu")
+    # the files are float32: compare with the Segmenter in float32 (`inference.precision` may be bf16)
+    inference = loaded.config.inference.model_copy(update={"precision": "fp32"})
+    config = loaded.config.model_copy(update={"inference": inference})
+    segmenter = kit.Segmenter(loaded.models, config, device="cpu", thresholds=loaded.thresholds)
     network = segmenter.models[0]
     stride = network.kit_cfg["output_stride"]
     for image in _test_images().values():

@@ -173,8 +173,8 @@ def test_demo_converts_the_packaged_weights_its_recipes_need_and_unet_lite0_buil
     weights_folder,
 ) -> None:
     from kit.config import load_experiment
+    from kit.models import build_model
     from kit.models.packaged_weights import import_missing
-    from kit.training.trainer import build_model
     from kit.workflows.demo import prepare_weights
 
     cfg = load_experiment("unet_lite0")

@@ -122,6 +122,92 @@ def synth_command(
     _finish_import(synthesize(out or DATA_DIR / name, n, seed, size=size, k_folds=k))
 
 
+@app.command("autolabel")
+def autolabel_command(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="The model that labels: an experiment (its newest ensemble or train run), a run id, a model "
+            "URI or folder; `classical` also works untrained.",
+        ),
+    ],
+    data: DataOption = None,
+    input_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="A folder of unlabelled images instead of a dataset (all go to the train split).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    splits: Annotated[
+        str, typer.Option(help="Splits of --data to label, comma-separated; the others keep their truth.")
+    ] = "train",
+    channel: Annotated[
+        int | None,
+        typer.Option(
+            "--channel", help="The one channel the model sees (e.g. a nuclear stain), 0-based.", min=0
+        ),
+    ] = None,
+    image_channels: Annotated[
+        str | None,
+        typer.Option(
+            "--image-channels",
+            help="Channels the written images keep, comma-separated (default: all), e.g. the other channels.",
+        ),
+    ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", help="Leave out images whose label confidence is under this.", min=0),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Dataset name (folder under data/). Default: <dataset>-auto.")
+    ] = None,
+    out: OutOption = None,
+    k: FoldsOption = 4,
+    seed: SeedOption = 0,
+) -> None:
+    """Write a dataset whose labels a model made (seed 004): for training only, never scoring truth."""
+    from kit.errors import ConfigError
+    from kit.stages.data import autolabel_dataset
+
+    root = None if input_dir is not None else resolve_dataset_dir(data)
+    try:
+        kept = [int(c) for c in image_channels.split(",")] if image_channels else None
+    except ValueError:
+        raise ConfigError(f"--image-channels {image_channels!r}: give channel numbers, e.g. 1,2") from None
+    default_name = f"{(root or input_dir).name}-auto"
+    outcome = autolabel_dataset(
+        source,
+        out or DATA_DIR / (name or default_name),
+        data_root=root,
+        input_dir=input_dir,
+        splits=[s.strip() for s in splits.split(",") if s.strip()],
+        label_channel=channel,
+        image_channels=kept,
+        min_score=min_score,
+        k_folds=k,
+        seed=seed,
+        command=f"data autolabel --from {source}",
+    )
+    _print_summary(outcome.root, outcome.manifest)
+    records = outcome.records
+    agreement = (
+        f"; agreement with the drawn labels {outcome.agreement:.3f} mAP over "
+        f"{int(records['agreement'].notna().sum())} images"
+        if records["agreement"].notna().any()
+        else ""
+    )
+    console.print(
+        f"[green]wrote[/] {outcome.root}: {int(records['kept'].sum())} image(s) labelled by {source}, "
+        f"{int((~records['kept']).sum())} left out{agreement} "
+        f"(MLflow run {outcome.run_id[:8]} in '{DATASETS_EXPERIMENT}')",
+        highlight=False,
+    )
+
+
 @app.command("folds")
 def folds_command(
     data: DataOption = None,

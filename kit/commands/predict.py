@@ -210,7 +210,9 @@ def evaluate_command(
         title=f"{cfg.name} {kind.value} (predict run {outcome.predict_run_id[:8]})",
     )
     if outcome.comparison is not None:
-        print_frame(outcome.comparison, title=f"comparison ({kind.value})", float_format="{:.4f}")
+        print_frame(
+            outcome.comparison[list(COMPARE_COLUMNS)], title=f"comparison ({kind.value})", float_format="{:.4f}"
+        )
     if outcome.breakdown is not None:
         print_frame(
             outcome.breakdown,
@@ -219,6 +221,71 @@ def evaluate_command(
         )
     console.print(
         f"report: {outcome.out_dir}/ ({len(outcome.files)} files); MLflow evaluate run {outcome.run_id[:8]}"
+    )
+
+
+COMPARE_COLUMNS = (
+    "experiment",
+    "images",
+    "map",
+    "map_ci_low",
+    "map_ci_high",
+    "map_diff",
+    "f1_avg",
+    "missed_rate_0.7",
+    "extra_0.7",
+    "merges",
+    "splits",
+    "s_per_image",
+)
+
+
+def compare_command(
+    experiments: Annotated[
+        list[str], typer.Argument(help="Experiments to compare; the first is the reference (its truth).")
+    ],
+    kind: Annotated[
+        Kind, typer.Option(help="Which predictions: each experiment's newest predict run of this kind.")
+    ] = Kind.test,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Report folder. Default: outputs/compare/<first>-<kind>/."),
+    ] = None,
+    gallery: Annotated[
+        int, typer.Option("--gallery", help="Images in the overlay gallery (those the models disagree on).")
+    ] = 4,
+    overrides: OverridesOption = None,
+) -> None:
+    """Seed 003's comparison of several experiments on the same images: F1 and AP vs IoU, mAP with CI and
+    paired difference, missed (by size) / extra / merges / splits, s/image, an overlay gallery (one MLflow
+    evaluate run with its files)."""
+    from kit.config import load_experiment
+    from kit.errors import ConfigError
+    from kit.stages.evaluate import evaluate_experiment
+
+    if len(experiments) < 2:
+        raise ConfigError(f"kit compare needs two experiments or more, got {len(experiments)}")
+    cfg = load_experiment(experiments[0], overrides or [])
+    others = [load_experiment(name) for name in experiments[1:]]
+    outcome = evaluate_experiment(
+        cfg,
+        kind=kind.value,
+        compare=others,
+        out=out or Path("outputs") / "compare" / f"{cfg.name}-{kind.value}",
+        n_gallery=gallery,
+        progress=True,
+        command=f"compare {' '.join(experiments)} --kind {kind.value}",
+    )
+    table = outcome.comparison
+    assert table is not None
+    print_frame(
+        table[list(COMPARE_COLUMNS)],
+        title=f"{kind.value}: {int(table['images'].iloc[0])} images (map_diff: against {cfg.name}, paired)",
+        float_format="{:.3f}",
+    )
+    console.print(
+        f"report: {outcome.out_dir}/ (compare.csv, compare_curves.csv, F1/AP curves, errors, gallery); "
+        f"MLflow evaluate run {outcome.run_id[:8] if outcome.run_id else ''} in '{cfg.mlflow_experiment}'"
     )
 
 

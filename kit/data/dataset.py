@@ -7,6 +7,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kit.data.layout import mask_files, read_sample_dir
@@ -90,6 +91,24 @@ class NucleiDataset:
         sample_dir = self.sample_dir(image_id)
         return mask_files(sample_dir) if (sample_dir / "masks").is_dir() else None
 
+    def automatic_labels(self) -> list[str]:
+        """Ids of the images whose labels a model made (`label_source`, `kit data autolabel`)."""
+        return self.manifest.loc[self.manifest["label_source"] != "", "id"].tolist()
+
+    def truth(self, image_id: str) -> np.ndarray:
+        """The label image of `image_id` as truth to score against. DataError when the truth is unknown or
+        the labels were made automatically (`label_source`): those train models, never score them."""
+        row = self.row(image_id)
+        if row["label_source"]:
+            raise DataError(
+                f"{self.root}: image {image_id!r} has automatic labels ({row['label_source']}), which are "
+                f"never scoring truth; score against a dataset whose labels were drawn (e.g. --set data.root=...)"
+            )
+        labels = self.load(image_id).labels
+        if labels is None:
+            raise DataError(f"{self.root}: image {image_id!r} has no truth (no masks/)")
+        return np.asarray(labels)
+
     def load(self, image_id: str) -> Sample:
         """The `Sample` of `image_id` (cached; arrays are read-only)."""
         if image_id in self._cache:
@@ -99,6 +118,8 @@ class NucleiDataset:
         sample = read_sample_dir(self.sample_dir(image_id), row["split"])
         sample.note = row["note"]
         sample.source = row["source"]
+        sample.label_source = row["label_source"]
+        sample.label_score = None if pd.isna(row["label_score"]) else float(row["label_score"])
         sample.image.setflags(write=False)
         if sample.labels is not None:
             sample.labels.setflags(write=False)

@@ -450,6 +450,8 @@ def _manifest_row(sample: Sample, sample_dir: Path) -> dict:
         "sha256_masks": "",
         "source": sample.source,
         "note": sample.note,
+        "label_source": sample.label_source,
+        "label_score": sample.label_score,
     }
     if sample.labels is not None:
         digest = hashlib.sha256()

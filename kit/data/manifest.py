@@ -1,10 +1,14 @@
 """`manifest.csv`: one row per image of a dataset folder; build, validate, read and write it.
 
 Columns (in this order): ``id, split, height, width, channels, dtype, n_nuclei, style, fold,
-sha256_image, sha256_masks, source, note``. ``n_nuclei`` is empty when the truth is unknown (no masks/
-folder); ``style`` is −1 until images are clustered and ``fold`` is −1 for rows outside the train split or
-before folds are assigned; ``sha256_masks`` hashes the mask files' bytes in ``k`` order (empty without
-masks).
+sha256_image, sha256_masks, source, note, label_source, label_score``. ``n_nuclei`` is empty when the
+truth is unknown (no masks/ folder); ``style`` is −1 until images are clustered and ``fold`` is −1 for rows
+outside the train split or before folds are assigned; ``sha256_masks`` hashes the mask files' bytes in
+``k`` order (empty without masks). ``label_source`` is empty for labels drawn or imported as truth, and
+names the model that made them for automatic labels (`kit data autolabel`), with that model's confidence
+in ``label_score``; automatic labels train models but are never scoring truth
+(`kit.data.dataset.NucleiDataset.truth`). A manifest written before these two columns existed reads as
+all labels drawn.
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "sha256_masks",
     "source",
     "note",
+    "label_source",
+    "label_score",
 )
+_OPTIONAL_COLUMNS = {"label_source": "", "label_score": ""}
+"""Columns added after the first manifests were written, and what an older manifest reads as."""
 _INT_COLUMNS = ("height", "width", "channels", "style", "fold")
-_TEXT_COLUMNS = ("id", "split", "dtype", "sha256_image", "sha256_masks", "source", "note")
+_TEXT_COLUMNS = ("id", "split", "dtype", "sha256_image", "sha256_masks", "source", "note", "label_source")
 _DTYPES = ("uint8", "uint16")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -47,7 +55,8 @@ def build_manifest(rows: Sequence[dict]) -> pd.DataFrame:
     """A manifest DataFrame from row dicts (missing ``style``/``fold`` default to −1), checked."""
     frame = pd.DataFrame(list(rows), columns=list(MANIFEST_COLUMNS))
     frame[["style", "fold"]] = frame[["style", "fold"]].fillna(-1)
-    frame[["sha256_masks", "source", "note"]] = frame[["sha256_masks", "source", "note"]].fillna("")
+    text = ["sha256_masks", "source", "note", "label_source"]
+    frame[text] = frame[text].fillna("")
     return _validated(frame, "manifest")
 
 
@@ -73,6 +82,7 @@ def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def _validated(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Check columns and values; return a copy with canonical column order and dtypes."""
+    frame = frame.assign(**{c: v for c, v in _OPTIONAL_COLUMNS.items() if c not in frame.columns})
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(
@@ -84,6 +94,7 @@ def _validated(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     for col in _INT_COLUMNS:
         out[col] = _to_int(out[col], col, name, out["id"], nullable=False)
     out["n_nuclei"] = _to_int(out["n_nuclei"], "n_nuclei", name, out["id"], nullable=True)
+    out["label_score"] = _to_float(out["label_score"], "label_score", name, out["id"])
 
     problems = []
     bad_ids = [i for i in out["id"] if not ID_PATTERN.match(i)]
@@ -120,6 +131,18 @@ def _to_int(column: pd.Series, col: str, name: str, ids: pd.Series, *, nullable:
         rows = ids[bad].tolist()
         raise DataError(f"{name}: column {col} needs whole numbers; bad value(s) in row(s) {_few(rows)}")
     return numbers.astype("Int64") if nullable else numbers.astype("int64")
+
+
+def _to_float(column: pd.Series, col: str, name: str, ids: pd.Series) -> pd.Series:
+    """Numbers or empty (NaN)."""
+    text = column.astype(object).where(column.notna(), "").astype(str).str.strip()
+    numbers = pd.to_numeric(text.where(text != ""), errors="coerce")
+    bad = numbers.isna() & (text != "") & (text.str.lower() != "nan")
+    if bad.any():
+        raise DataError(
+            f"{name}: column {col} needs numbers; bad value(s) in row(s) {_few(ids[bad].tolist())}"
+        )
+    return numbers.astype("float64")
 
 
 def _few(items: Sequence[str], limit: int = 5) -> str:

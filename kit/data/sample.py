@@ -16,6 +16,8 @@ class Sample:
     `image` is H×W or H×W×C (uint8, uint16 or float32); `labels` is an H×W integer label image
     (0 = background, 1..N = nuclei, no overlaps) or None when the truth is unknown. `source` says where it
     came from (file path or generator) and `note` records any normalisation applied on import.
+    `label_source` is empty for labels drawn or imported as truth and names the model that made automatic
+    labels (`kit data autolabel`), with its confidence in `label_score`.
     """
 
     id: str
@@ -25,3 +27,5 @@ class Sample:
     source: str = ""
     note: str = ""
     meta: dict[str, object] = field(default_factory=dict)
+    label_source: str = ""
+    label_score: float | None = None

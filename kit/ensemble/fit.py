@@ -173,6 +173,7 @@ def fit_ensemble(
         learning_rate=lgbm.learning_rate,
         num_boost_round=lgbm.num_boost_round,
         min_data_in_leaf=lgbm.min_data_in_leaf,
+        num_threads=lgbm.num_threads,
         seed=settings.seed,
     )
     grid = THRESHOLD_GRID if settings.threshold is None else (settings.threshold,)

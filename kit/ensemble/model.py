@@ -102,6 +102,7 @@ def fit_bagged(
     learning_rate: tuple[float, float] = (0.02, 0.1),
     num_boost_round: int = 200,
     min_data_in_leaf: int = 20,
+    num_threads: int = 1,
     seed: int = 0,
 ) -> tuple[IoUModel, np.ndarray]:
     """Train the bagged model on rows of `frame` (columns `features`) with `target`, folds over `groups`
@@ -138,6 +139,7 @@ def fit_bagged(
                 "bagging_freq": 1,
                 "seed": int(rng.integers(2**31 - 1)),
                 "deterministic": True,
+                "num_threads": num_threads,
                 "force_row_wise": True,
                 "verbosity": -1,
             }

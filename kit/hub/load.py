@@ -4,7 +4,8 @@ ensemble), whose `predict(image)` gives the instance label image. `source` is:
 
 - a kit checkpoint file (`best.pt`), several, or a folder of them, or a model folder (`kit_model.json`);
 - a run id: a train run (its fold models), a fold run, or an ensemble run;
-- an experiment name: its newest finished ensemble run, else its newest finished train run;
+- an experiment name: its newest finished ensemble run, else its newest finished train run, else, for a
+  family that works untrained (`classical`), the model its YAML in ./experiments describes;
 - an MLflow model URI: `models:/name/version`, `models:/m-...`, `runs:/<run id>/<model name>`.
 
 Models of runs carry the thresholds tuned out of fold.
@@ -81,11 +82,37 @@ def load_model_folder(
 def model_of_experiment(
     experiment: str, *, tta: str | None = None, device: str | None = None
 ) -> SegmentationModel:
-    """The model of MLflow experiment `experiment`'s newest finished ensemble run, else train run."""
+    """The model of MLflow experiment `experiment`'s newest finished ensemble run, else train run, else
+    the untrained model of a family that needs no training (`untrained_model`)."""
     ensembles = find_role_runs(experiment, Role.ENSEMBLE, max_results=1)
     if ensembles:
         return model_of_run(ensembles[0], tta=tta, device=device)
-    return model_of_run(find_train_run(experiment), tta=tta, device=device)
+    try:
+        train = find_train_run(experiment)
+    except RunNotFoundError:
+        untrained = untrained_model(experiment, tta=tta, device=device)
+        if untrained is None:
+            raise
+        return untrained
+    return model_of_run(train, tta=tta, device=device)
+
+
+def untrained_model(
+    experiment: str, *, tta: str | None = None, device: str | None = None
+) -> SegmentationModel | None:
+    """The model of experiment `experiment` (its YAML in ./experiments) as it is before any training, when
+    its family is usable so (`FittedModule.ready_untrained`: `classical` with its default parameters and the
+    config's thresholds); None for every other family, or when there is no such YAML."""
+    from kit.config import available_experiments, load_experiment
+    from kit.models import build_model
+
+    if experiment not in available_experiments():
+        return None
+    cfg = load_experiment(experiment)
+    model = build_model(cfg)
+    if not getattr(model, "ready_untrained", False):
+        return None
+    return Segmenter([model], cfg, tta=tta, device=device)
 
 
 def model_of_run(run: Any, *, tta: str | None = None, device: str | None = None) -> SegmentationModel:

@@ -23,12 +23,18 @@ from kit.data.normalize import normalize_image
 from kit.errors import ConfigError, KitError
 from kit.fileio import atomic_write_text
 from kit.models.activation import SOFTMAX_GROUP, model_activation
+from kit.models.fitted import FittedModule
 
 EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 class ProbabilityNet(nn.Module):
-    """A semantic kit model followed by its recorded output activation (softmax or per-channel sigmoid)."""
+    """A semantic kit model followed by its recorded output activation (softmax or per-channel sigmoid).
+
+    The exported network is float32 in the default (NCHW) memory format whatever `inference.precision`
+    and `inference.channels_last` say: `model` is put back in that format in place (channels-last strides
+    would make torch.export specialise the batch size), and no autocast is traced. Runtimes that load
+    the file choose their own precision."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -36,7 +42,12 @@ class ProbabilityNet(nn.Module):
             raise ConfigError(
                 "only semantic models (U-Net, FPN) export; Mask R-CNN's detection head does not"
             )
-        self.model = model.eval()
+        if isinstance(model, FittedModule):
+            raise ConfigError(
+                f"{model.kit_cfg['arch']} computes its maps with numpy/scipy/LightGBM, not torch: there is no "
+                "network to export; use the MLflow Model (`kit register`) instead"
+            )
+        self.model = model.to(memory_format=torch.contiguous_format).eval()
         self.channels = tuple(model.kit_cfg["channels"])
         activation = model_activation(model)
         group = (

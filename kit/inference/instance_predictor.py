@@ -9,7 +9,6 @@ combined exactly like TTA copies.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from kit.inference.instances import Detections, concatenate, drop_duplicates, me
 from kit.inference.predictor import image_tensor
 from kit.inference.tiling import tile_starts
 from kit.inference.tta import TRANSFORMS, check_tta, d4_forward
+from kit.models.precision import ComputeMode
 
 DetectFn = Callable[[list[torch.Tensor]], list[Detections]]
 """Tiles, each float32 (C, h, w) → their `Detections` in the tile's frame."""
@@ -64,16 +64,14 @@ def paste_masks(
     return Detections.build(out_boxes, crops, kept, (h, w))
 
 
-def model_detector(model: nn.Module, amp: bool = False) -> DetectFn:
-    """A `DetectFn` of a Mask R-CNN model (kit's `maskrcnn`, in eval mode); bfloat16 autocast on CUDA
-    when `amp`."""
-    device = next(model.parameters()).device
-    use_amp = amp and device.type == "cuda"
+def model_detector(model: nn.Module, compute: ComputeMode | None = None) -> DetectFn:
+    """A `DetectFn` of a Mask R-CNN model (kit's `maskrcnn`, in eval mode), run under `compute`'s
+    autocast (default: float32); boxes, masks and scores come out float32."""
+    compute = compute or ComputeMode(next(model.parameters()).device, "fp32", channels_last=False)
 
     def detect(tiles: list[torch.Tensor]) -> list[Detections]:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-        with autocast:
-            outputs = model([t.to(device) for t in tiles])
+        with compute.autocast():
+            outputs = model([t.to(compute.device) for t in tiles])
         return [
             paste_masks(out["boxes"], out["masks"], out["scores"], tile.shape[-2:])
             for out, tile in zip(outputs, tiles, strict=True)
@@ -137,7 +135,8 @@ class InstancePredictor:
 
     `models` share input channels (e.g. the K fold models of one experiment). With several models or a
     TTA mode, the copies (models × transforms) are merged by `merge_detections`: groups matched at mask
-    IoU > `vote_iou` and found in at least `min_vote_fraction` of the copies are kept.
+    IoU > `vote_iou` and found in at least `min_vote_fraction` of the copies are kept. `precision` and
+    `channels_last` say how the networks run (`kit.models.precision`).
     """
 
     channels: tuple[str, ...] = ("mask",)
@@ -151,7 +150,8 @@ class InstancePredictor:
         overlap: int = 64,
         batch_size: int = 4,
         device: torch.device | str | None = None,
-        amp: bool = True,
+        precision: str = "auto",
+        channels_last: bool = True,
         vote_iou: float = 0.5,
         min_vote_fraction: float = 0.5,
     ) -> None:
@@ -159,9 +159,10 @@ class InstancePredictor:
             raise ValueError("InstancePredictor needs at least one model")
         check_tta(tta)
         self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
-        self.models = [m.to(self.device).eval() for m in models]
+        self.compute = ComputeMode.resolve(self.device, precision, channels_last)
+        self.models = [self.compute.prepare(m).eval() for m in models]
         self.in_channels = int(self.models[0].kit_cfg["in_channels"])
-        self._detectors = [model_detector(m, amp) for m in self.models]
+        self._detectors = [model_detector(m, self.compute) for m in self.models]
         self.transforms = TRANSFORMS[tta]
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.vote_iou, self.min_vote_fraction = vote_iou, min_vote_fraction

@@ -7,7 +7,6 @@ test-time augmentation, averaging over models. Post-processing is kept apart
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +16,8 @@ from torch import nn
 from kit.data.normalize import image_to_tensor
 from kit.inference.tiling import model_predictor, predict_tiled
 from kit.inference.tta import predict_tta
+from kit.models.precision import ComputeMode
+from kit.models.registry import model_device
 
 
 def image_tensor(image: np.ndarray, in_channels: int, device: torch.device) -> torch.Tensor:
@@ -31,7 +32,9 @@ class Predictor:
 
     `models` share channels and input channels (e.g. the K fold models of one experiment); their
     probabilities (each under its own recorded activation) are averaged. `tta` is the default test-time
-    augmentation; `predict_probs` may choose another per call.
+    augmentation; `predict_probs` may choose another per call. `precision` and `channels_last` say how
+    the networks run (`kit.models.precision`; the models are put in that memory format in place);
+    tiling, TTA and the averaged maps are float32 whatever they are.
     """
 
     def __init__(
@@ -44,20 +47,21 @@ class Predictor:
         overlap: int = 64,
         batch_size: int = 4,
         device: torch.device | str | None = None,
-        amp: bool = True,
+        precision: str = "auto",
+        channels_last: bool = True,
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model")
-        self.device = torch.device(device) if device is not None else next(models[0].parameters()).device
-        self.models = [m.to(self.device).eval() for m in models]
+        self.device = torch.device(device) if device is not None else model_device(models[0])
+        self.compute = ComputeMode.resolve(self.device, precision, channels_last)
+        self.models = [self.compute.prepare(m).eval() for m in models]
         cfg = self.models[0].kit_cfg
         self.channels: tuple[str, ...] = tuple(cfg["channels"])
         self.in_channels: int = int(cfg["in_channels"])
         self.multiple: int = int(cfg["output_stride"])
-        self._fns = [model_predictor(m) for m in self.models]
+        self._fns = [model_predictor(m, self.compute) for m in self.models]
         self.tta, self.scales = tta, tuple(scales)
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
-        self.amp = amp and self.device.type == "cuda"
 
     def image_tensor(self, image: np.ndarray) -> torch.Tensor:
         """uint8 H×W×C → float32 (1, C, H, W) in [0, 1] on the predictor's device."""
@@ -69,19 +73,17 @@ class Predictor:
         the predictor's)."""
         tta = tta or self.tta
         x = self.image_tensor(image)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
         total = None
-        with autocast:
-            for fn in self._fns:
-                tiled = lambda t, fn=fn: predict_tiled(  # noqa: E731 - binds this model's fn
-                    fn,
-                    t,
-                    tile=self.tile,
-                    overlap=self.overlap,
-                    multiple=self.multiple,
-                    batch_size=self.batch_size,
-                )
-                probs = predict_tta(tiled, x, tta, self.scales)
-                total = probs if total is None else total + probs
+        for fn in self._fns:
+            tiled = lambda t, fn=fn: predict_tiled(  # noqa: E731 - binds this model's fn
+                fn,
+                t,
+                tile=self.tile,
+                overlap=self.overlap,
+                multiple=self.multiple,
+                batch_size=self.batch_size,
+            )
+            probs = predict_tta(tiled, x, tta, self.scales)
+            total = probs if total is None else total + probs
         assert total is not None
         return (total / len(self._fns))[0].float().cpu().numpy()

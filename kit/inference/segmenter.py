@@ -45,6 +45,7 @@ from kit.inference.thresholds import (
     with_overrides,
     write_thresholds,
 )
+from kit.models.precision import default_device
 from kit.models.registry import model_task
 
 MODEL_FILE = "kit_model.json"
@@ -87,10 +88,9 @@ def build_segmenter(
     *,
     tta: str = "none",
     device: torch.device | str | None = None,
-    amp: bool = True,
 ) -> SemanticSegmenter | InstanceSegmenter:
     """Normalised image → `Segmentation` over `models` (all of one task) with the inference settings
-    (tiling, scales, TTA merging) of `cfg`; thresholds are given per call."""
+    (tiling, scales, TTA merging, precision and memory format) of `cfg`; thresholds are given per call."""
     tasks = {model_task(m) for m in models}
     if len(tasks) != 1:
         raise ConfigError(f"cannot combine models of different tasks {sorted(tasks)}")
@@ -108,7 +108,8 @@ def build_segmenter(
             overlap=inf.overlap,
             batch_size=inf.batch_size,
             device=device,
-            amp=amp,
+            precision=inf.precision,
+            channels_last=inf.channels_last,
             vote_iou=ins.vote_iou,
             min_vote_fraction=ins.min_vote_fraction,
         )
@@ -121,7 +122,8 @@ def build_segmenter(
         overlap=inf.overlap,
         batch_size=inf.batch_size,
         device=device,
-        amp=amp,
+        precision=inf.precision,
+        channels_last=inf.channels_last,
     )
     return SemanticSegmenter(predictor)
 
@@ -162,13 +164,14 @@ class Segmenter(SegmentationModel):
         if len(signatures) > 1:
             raise ConfigError(f"the models disagree on task/output/input channels {sorted(signatures)}")
         self.config = config
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.models = [m.to(self.device).eval() for m in models]
         self.tta = tta or config.inference.tta
         self.task: str = models[0].kit_cfg["task"]
         self.thresholds = with_overrides(default_thresholds(config, self.task), thresholds)
         self.core = build_segmenter(self.models, config, tta=self.tta, device=self.device)
         self.in_channels: int = self.core.in_channels
+        self.compute = self.core.predictor.compute  # the precision and memory format that run
 
     @classmethod
     def from_checkpoints(

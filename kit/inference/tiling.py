@@ -25,17 +25,26 @@ from torch import nn
 
 from kit.errors import ConfigError
 from kit.models.activation import model_activation, probabilities
+from kit.models.precision import ComputeMode
+from kit.models.registry import model_device
 
 PredictFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def model_predictor(model: nn.Module) -> PredictFn:
-    """A `predict_fn` for `predict_tiled` / `predict_tta`: moves each batch to the model's device and
-    returns probabilities for `model.kit_cfg["channels"]` under the model's own activation. Put the model
+def model_predictor(model: nn.Module, compute: ComputeMode | None = None) -> PredictFn:
+    """A `predict_fn` for `predict_tiled` / `predict_tta`: moves each batch to the model's device (in
+    `compute`'s memory format), runs the model under `compute`'s autocast (default: float32) and returns
+    float32 probabilities for `model.kit_cfg["channels"]` under the model's own activation. Put the model
     in eval mode first."""
-    device = next(model.parameters()).device
+    compute = compute or ComputeMode(model_device(model), "fp32", channels_last=False)
     channels, activation = model.kit_cfg["channels"], model_activation(model)
-    return lambda x: probabilities(model(x.to(device)), channels, activation)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with compute.autocast():
+            logits = model(compute.input(x))
+        return probabilities(logits, channels, activation)
+
+    return predict
 
 
 def _ceil_to(n: int, multiple: int) -> int:

@@ -7,10 +7,24 @@ The plain reference of the overlap kernel (a test oracle) stays in `kit.metrics.
 
 from kit.metrics.agreement import label_agreement
 from kit.metrics.dsb import THRESHOLDS, dsb_precisions, dsb_score, hits_at, precision_at
-from kit.metrics.evaluation import Evaluation, bootstrap_ci, evaluate, image_metrics, summarize
+from kit.metrics.evaluation import (
+    Evaluation,
+    bootstrap_ci,
+    evaluate,
+    f1_curve,
+    image_metrics,
+    paired_bootstrap_ci,
+    summarize,
+)
 from kit.metrics.overlap import IoUMatrix, check_label_image, iou_matrix, label_overlap
 from kit.metrics.overlay import save_overlay, tp_fp_fn_overlay
-from kit.metrics.plots import plot_ap_curves, plot_error_bars
+from kit.metrics.plots import (
+    plot_ap_curves,
+    plot_error_bars,
+    plot_error_comparison,
+    plot_f1_curves,
+    plot_overlay_gallery,
+)
 from kit.metrics.taxonomy import (
     SIZE_BINS,
     count_extra,
@@ -32,14 +46,19 @@ __all__ = [
     "dsb_precisions",
     "dsb_score",
     "evaluate",
+    "f1_curve",
     "hits_at",
     "image_metrics",
     "iou_matrix",
     "label_agreement",
     "label_overlap",
     "missed_by_size",
+    "paired_bootstrap_ci",
     "plot_ap_curves",
     "plot_error_bars",
+    "plot_error_comparison",
+    "plot_f1_curves",
+    "plot_overlay_gallery",
     "precision_at",
     "save_overlay",
     "summarize",

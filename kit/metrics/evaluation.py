@@ -133,6 +133,25 @@ def bootstrap_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> 
     return [float(lo), float(hi)]
 
 
+def paired_bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
+) -> list[float] | None:
+    """95 % percentile bootstrap interval [lo, hi] of mean(a − b) over paired per-image values, resampling
+    images (the test for "A beats B" on one image set: an interval above 0). None when `n_bootstrap` is 0
+    or there are no values."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal shapes, got {a.shape} and {b.shape}")
+    return bootstrap_ci(a - b, n_bootstrap, seed)
+
+
+def f1_curve(per_image: pd.DataFrame) -> dict[str, float]:
+    """Mean over images of the object F1 = 2TP / (2TP + FP + FN) at every DSB threshold (0.50..0.95),
+    from the per-image AP columns: per image and threshold F1 = 2·AP / (1 + AP), AP being the DSB
+    precision TP / (TP + FP + FN) (both 1 for an image with nothing to find or claim)."""
+    return {c[3:]: float((2 * per_image[c] / (1 + per_image[c])).mean()) for c in AP_COLUMNS}
+
+
 def summarize(per_image: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Dataset summary of a per-image table (as built by `evaluate`); plain floats, ints, lists and dicts.
 

@@ -5,7 +5,8 @@ A semantic network (U-Net, FPN) outputs logits (N, K, H, W) for the channels nam
 
 - "softmax": softmax over the exclusive channels of `SOFTMAX_GROUP` present (at least two), sigmoid for
   every other channel (e.g. "mask");
-- "sigmoid": an independent sigmoid per channel.
+- "sigmoid": an independent sigmoid per channel;
+- "none": the model outputs probabilities already (the families fitted outside torch, `kit.models.fitted`).
 
 The training loss decides it when the model is built (`activation_for_loss`); inference reads it from the
 model, never from the training config.
@@ -20,7 +21,7 @@ import torch
 
 from kit.errors import ConfigError
 
-Activation = Literal["softmax", "sigmoid"]
+Activation = Literal["softmax", "sigmoid", "none"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 SOFTMAX_GROUP = ("body", "border", "background")
 _LOSS_ACTIVATION = {"softmax": "softmax", "bce": "sigmoid"}
@@ -51,6 +52,8 @@ def probabilities(logits: torch.Tensor, channels: Sequence[str], activation: str
     if logits.shape[1] != len(channels):
         raise ConfigError(f"logits have {logits.shape[1]} channels but {len(channels)} names: {channels}")
     logits = logits.float()
+    if activation == "none":
+        return logits
     probs = torch.sigmoid(logits)
     if activation == "softmax":
         group = [i for i, name in enumerate(channels) if name in SOFTMAX_GROUP]

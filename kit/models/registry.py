@@ -19,11 +19,15 @@ import functools
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import nn
 
 from kit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kit.config import ExperimentConfig
 
 Builder = Callable[..., nn.Module]
 Task = Literal["semantic", "instance"]
@@ -73,6 +77,14 @@ def model_task(model: nn.Module) -> Task:
     return model.kit_cfg["task"]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters (or, for a model fitted outside torch, its buffers) live on; the
+    CPU for a model that has neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def task_of(name: str) -> Task:
     """The task of registered model `name` (ConfigError if unknown), known before building it."""
     _builder(name)
@@ -101,6 +113,25 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             f"it takes: {', '.join(signature.parameters)}"
         )
     return builder(**kwargs)
+
+
+def build_model(cfg: ExperimentConfig) -> nn.Module:
+    """The experiment's model from the registry, freshly initialised: the encoder, its weights, the input
+    channels, the output channels of `cfg.targets` and the activation of `cfg.training.loss` go to the
+    builders that take them (families without an encoder, such as `classical`, take neither), then
+    `cfg.model.params`."""
+    from kit.models.activation import activation_for_loss
+    from kit.targets import target_channels
+
+    takes = model_arguments(cfg.model.name)
+    kwargs: dict[str, Any] = {"in_channels": cfg.data.channels}
+    if "encoder" in takes:
+        kwargs.update(encoder=cfg.model.encoder, pretrained=cfg.model.pretrained)
+    if "channels" in takes:
+        kwargs["channels"] = target_channels(cfg.targets.include_mask)
+    if "activation" in takes:
+        kwargs["activation"] = activation_for_loss(cfg.training.loss.mode)
+    return create_model(cfg.model.name, **kwargs, **cfg.model.params)
 
 
 def model_arguments(name: str) -> tuple[str, ...]:

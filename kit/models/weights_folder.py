@@ -47,7 +47,8 @@ def weights_dir() -> Path:
 class WeightsSource:
     """Where a model's initial weights came from, as recorded with a train run.
 
-    kind: "random", "file" or "hub"; path and sha256 for files; name is the encoder.
+    kind: "random", "file" or "hub"; path and sha256 for files; name is the encoder. "none" for a model
+    fitted outside torch (`kit.models.fitted`), which starts from no weights at all.
     """
 
     kind: str
@@ -57,7 +58,7 @@ class WeightsSource:
 
     def tags(self) -> dict[str, str]:
         """MLflow tags telling runs with different initialisations apart."""
-        out = {"kit.weights": self.kind if self.kind == "random" else f"{self.kind}:{self.name}"}
+        out = {"kit.weights": self.kind if self.kind in ("random", "none") else f"{self.kind}:{self.name}"}
         if self.path:
             out["kit.weights_file"] = self.path
         if self.sha256:

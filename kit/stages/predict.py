@@ -160,6 +160,7 @@ def predict_experiment(
         "n_models": len(folds),
         **{f"instances.{k}": v for k, v in cfg.instances.model_dump().items()},
         "postprocess_tuned_by": (tuned or {}).get("oof_predict_run", ""),
+        **_compute_params(cfg, device),
     }
     tags = {Tag.TRAIN_RUN: train.info.run_id, Tag.FOLD_RUNS: ",".join(f"{f.fold}:{f.run_id}" for f in folds)}
     with tempfile.TemporaryDirectory(prefix=f"kit-predict-{cfg.name}-") as tmp:
@@ -251,6 +252,7 @@ def predict_with_model(
                 "model": str(source)[:500],
                 "tta": model.tta,
                 "input": str(input_dir or ""),
+                **_model_compute_params(model),
                 **work.params,
             },
             metrics={**prediction_metrics(index), **work.metrics},
@@ -261,6 +263,24 @@ def predict_with_model(
             dataset_name=dataset.name if dataset else "",
         )
     return PredictOutcome(run_id, experiment, kind, "", index, instances)
+
+
+def _compute_params(cfg: ExperimentConfig, device: str | None) -> dict[str, str]:
+    """The precision and memory format the experiment's models run with on `device` (as `Segmenter`
+    resolves them)."""
+    from kit.models.precision import ComputeMode, default_device
+
+    inf = cfg.inference
+    return ComputeMode.resolve(default_device(device), inf.precision, inf.channels_last).params("inference")
+
+
+def _model_compute_params(model: Any) -> dict[str, str]:
+    """The precision and memory format a loaded model runs with; an ensemble's per base model."""
+    if isinstance(model, Segmenter):
+        return model.compute.params("inference")
+    return {
+        f"{name}.{k}": v for name, base in model.bases for k, v in base.compute.params("inference").items()
+    }
 
 
 def _plan(

@@ -76,7 +76,7 @@ def _dataset_truth(truth: Path, split: str | None, ids: set[str] | None) -> dict
             f"{truth}: {len(missing)} image(s) of split {'/'.join(splits)} have no truth (no masks/), "
             f"e.g. {missing[0]}"
         )
-    return {i: np.asarray(dataset.load(i).labels) for i in wanted}
+    return {i: dataset.truth(i) for i in wanted}
 
 
 def score(

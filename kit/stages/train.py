@@ -219,22 +219,20 @@ def _train_fold(
     """Fit one fold (every rank runs this; only rank 0 has a `logger`); the trainer's FitResult."""
     import torch
 
+    from kit.models import build_model
     from kit.training.data import fold_data
-    from kit.training.trainer import Trainer, build_model
+    from kit.training.fitting import fold_trainer
 
     data = fold_data(cfg, dataset, fold)
     torch.manual_seed(cfg.training.seed)  # the same initial weights for the same seed (resume relies on it)
     model = build_model(cfg)
     with tempfile.TemporaryDirectory(prefix=f"kit-{cfg.name}-fold{fold}-") as tmp:
         work_dir = Path(tmp)
-        if logger is not None:
-            logger.start(model, data, work_dir)
-        trainer = Trainer(
+        trainer = fold_trainer(
             cfg,
             model,
-            data.train_set,
-            data.val_set,
-            data.val_images,
+            data,
+            dataset,
             work_dir=work_dir,
             device=dist.device(),
             dist=dist,
@@ -242,6 +240,8 @@ def _train_fold(
             on_checkpoint=logger.checkpoint if logger else None,
             progress=progress,
         )
+        if logger is not None:
+            logger.start(model, data, work_dir, _compute_params(cfg, trainer.compute))
         resume_from = _download_checkpoints(resume_run_id, work_dir) if resume_run_id else None
         resume_from = dist.broadcast_object(resume_from)
         if resume_from is not None:
@@ -252,6 +252,15 @@ def _train_fold(
         if logger is not None:
             logger.end(trainer, result, data.val_images, work_dir)
         return result
+
+
+def _compute_params(cfg: ExperimentConfig, training: Any) -> dict[str, str]:
+    """The precision and memory format a fold trained with (`training`, the trainer's `ComputeMode`) and
+    validated with (the experiment's inference settings on the same device)."""
+    from kit.models.precision import ComputeMode
+
+    inference = ComputeMode.resolve(training.device, cfg.inference.precision, training.channels_last)
+    return {**training.params("training"), **inference.params("inference")}
 
 
 def _download_checkpoints(run_id: str, work_dir: Path) -> Path | None:
@@ -299,8 +308,9 @@ class _FoldLogger:
         self.cfg, self.dataset, self.fold, self.resumed = cfg, dataset, fold, resumed
         self.on_epoch = on_epoch
 
-    def start(self, model: Any, data: Any, work_dir: Path) -> None:
-        """Params, tags, dataset inputs, config, val_ids.txt and previews (not again on resume)."""
+    def start(self, model: Any, data: Any, work_dir: Path, compute: dict[str, str]) -> None:
+        """Params (with `compute`: the precision that ran), tags, dataset inputs, config, val_ids.txt and
+        previews (not again on resume)."""
         if self.resumed:
             return
         import mlflow
@@ -318,6 +328,7 @@ class _FoldLogger:
         mlflow.log_params(
             {"fold": self.fold, "n_train_images": len(data.train_ids), "n_val_images": len(data.val_ids)}
         )
+        mlflow.log_params(compute)
         for extra in cfg.data.extra:  # before the main dataset, whose digest must stay the run's dataset tag
             tracking.log_dataset(
                 Path(extra.root) / "manifest.csv", name=Path(extra.root).name, context="training-extra"
@@ -366,6 +377,7 @@ class _FoldLogger:
                 "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run,
                 "stopped_early": result.stopped_early,
+                **{k: v[:500] for k, v in result.fitted.items()},
             }
         )
         if result.best_checkpoint is None or not val_images:

@@ -10,7 +10,8 @@ Runs by role (`kit.role` tag) and what they hold:
 - `predict`: one per `kit predict` (tags `kit.predict_kind` = test / validation / oof / input,
   `kit.train_run_id`), its per-image files laid out as `kit.inference.artifacts` describes. The ensemble's
   predictions are predict runs too, nested in their `ensemble` run (`kit.ensemble_run_id`).
-- `ensemble`, `evaluate` (`kit.predict_run_id`), `submit`, `import` (experiment `datasets`), `score`
+- `ensemble`, `evaluate` (`kit.predict_run_id`), `submit`, `import` and `autolabel` (`kit.labels_source`;
+  experiment `datasets`), `score`
   (experiment `scores`), `style-fit` (`kit.style`), `style-synth`.
 - `study`: the parent run of a `kit tune` study (tags `kit.study`, `kit.study_storage`; the MLflow experiment, named after the
   study and tagged `kit.study` too, holds nothing else), with `space.yaml`, best-so-far metrics and, as
@@ -50,6 +51,7 @@ class Role:
     STYLE_SYNTH = "style-synth"
     STUDY = "study"
     TRIAL = "trial"
+    AUTOLABEL = "autolabel"
 
 
 class Tag:

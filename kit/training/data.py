@@ -197,18 +197,29 @@ def extra_crop_sources(
     per epoch. Extra datasets only ever add training crops; they never take part in validation."""
     sources = []
     for k, (root, weight) in enumerate(extra):
-        if not (Path(root) / "manifest.csv").is_file():
-            raise DataError(f"data.extra[{k}].root '{root}' is not a kit dataset (no manifest.csv)")
-        dataset = NucleiDataset(root)
-        manifest = dataset.manifest
-        ids = manifest.loc[(manifest["split"] == "train") & manifest["n_nuclei"].notna(), "id"].tolist()
-        if not ids:
-            raise DataError(f"data.extra[{k}].root '{root}' has no annotated train image")
+        ids = extra_train_ids(root, k)
         crops = CropDataset(
-            dataset, crop_size, ids=ids, channels=channels, samples_per_epoch=length, seed=seed + 1 + k
+            NucleiDataset(root),
+            crop_size,
+            ids=ids,
+            channels=channels,
+            samples_per_epoch=length,
+            seed=seed + 1 + k,
         )
         sources.append((crops, weight))
     return sources
+
+
+def extra_train_ids(root: str | Path, k: int) -> list[str]:
+    """The annotated train images of extra dataset `k` (`data.extra[k].root`); DataError when it is not a
+    kit dataset or has none."""
+    if not (Path(root) / "manifest.csv").is_file():
+        raise DataError(f"data.extra[{k}].root '{root}' is not a kit dataset (no manifest.csv)")
+    manifest = NucleiDataset(root).manifest
+    ids = manifest.loc[(manifest["split"] == "train") & manifest["n_nuclei"].notna(), "id"].tolist()
+    if not ids:
+        raise DataError(f"data.extra[{k}].root '{root}' has no annotated train image")
+    return ids
 
 
 ValImage = tuple[str, np.ndarray, np.ndarray]  # id, normalised uint8 image, labels

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from kit.config import ExperimentConfig
+from kit.models.precision import ComputeMode
 from kit.models.registry import model_task
 from kit.training.data import TrainingCrops, collate_instances
 from kit.training.losses import SegmentationLoss
@@ -39,32 +39,22 @@ def build_loss(cfg: ExperimentConfig) -> SegmentationLoss:
     )
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    return (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if amp and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-
-
 class SemanticTask:
-    """Per-pixel logits (N, K, H, W) against `TrainingCrops` targets."""
+    """Per-pixel logits (N, K, H, W) against `TrainingCrops` targets; the network runs in `compute`'s
+    precision and memory format, the loss in float32."""
 
     collate: Callable | None = None
 
-    def __init__(self, cfg: ExperimentConfig, device: torch.device, amp: bool, channels_last: bool) -> None:
-        self.loss_fn = build_loss(cfg).to(device)
-        self.device, self.amp = device, amp
-        self.channels_last = channels_last and device.type == "cuda"
+    def __init__(self, cfg: ExperimentConfig, compute: ComputeMode) -> None:
+        self.device, self.compute = compute.device, compute
+        self.loss_fn = build_loss(cfg).to(self.device)
 
     def loss(self, net: nn.Module, batch: Batch) -> LossStep:
         """(scalar loss, parts to log) of a training batch."""
-        image = batch["image"].to(self.device, non_blocking=True)
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
+        image = self.compute.input(batch["image"])
         targets = batch["targets"].to(self.device, non_blocking=True)
         weights = batch["weights"].to(self.device) if self.loss_fn.use_pixel_weights else None
-        with _autocast(self.device, self.amp):
+        with self.compute.autocast():
             logits = net(image)
         return self.loss_fn(logits.float(), targets, weights), {}
 
@@ -73,7 +63,8 @@ class SemanticTask:
         losses = []
         for i in range(len(val_set)):
             item = val_set[i]
-            logits = model(item["image"][None].to(self.device))
+            with self.compute.autocast():
+                logits = model(self.compute.input(item["image"][None]))
             weights = item["weights"][None].to(self.device) if self.loss_fn.use_pixel_weights else None
             losses.append(self.loss_fn(logits.float(), item["targets"][None].to(self.device), weights).item())
         return float(np.mean(losses))
@@ -84,14 +75,14 @@ class InstanceTask:
 
     collate: Callable | None = staticmethod(collate_instances)
 
-    def __init__(self, device: torch.device, amp: bool) -> None:
-        self.device, self.amp = device, amp
+    def __init__(self, compute: ComputeMode) -> None:
+        self.device, self.compute = compute.device, compute
 
     def loss(self, net: nn.Module, batch: Batch) -> LossStep:
         """(sum of the model's losses, each loss by name) of a training batch."""
         images = [image.to(self.device, non_blocking=True) for image in batch["image"]]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in batch["target"]]
-        with _autocast(self.device, self.amp):
+        with self.compute.autocast():
             parts = net(images, targets)
         total = torch.stack([v.float() for v in parts.values()]).sum()
         return total, {name: v.item() for name, v in parts.items()}
@@ -101,9 +92,9 @@ class InstanceTask:
 
 
 def training_task(
-    model: nn.Module, cfg: ExperimentConfig, device: torch.device, amp: bool
+    model: nn.Module, cfg: ExperimentConfig, compute: ComputeMode
 ) -> SemanticTask | InstanceTask:
     """The task strategy of `model` (its `kit_cfg["task"]`)."""
     if model_task(model) == "instance":
-        return InstanceTask(device, amp)
-    return SemanticTask(cfg, device, amp, cfg.training.channels_last)
+        return InstanceTask(compute)
+    return SemanticTask(cfg, compute)

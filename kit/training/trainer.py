@@ -1,6 +1,7 @@
 """The training loop of one fold: optimiser steps on random crops, validation mAP each epoch,
-best/last checkpoints, early stopping, a wall-clock budget (`training.max_minutes`), resume, AMP and
-channels-last on CUDA, DDP under torchrun.
+best/last checkpoints, early stopping, a wall-clock budget (`training.max_minutes`), resume, mixed
+precision and channels-last (`training.precision`, `training.channels_last`, on CPU and CUDA:
+`kit.models.precision`), DDP under torchrun.
 
 What differs between model tasks (batching, the loss of a batch, validation loss) is in
 `kit.training.tasks`; validation images go through the same `build_segmenter` as `kit predict`.
@@ -29,6 +30,7 @@ from kit.inference.contract import Segmentation
 from kit.inference.segmenter import build_segmenter, default_thresholds
 from kit.metrics import dsb_score
 from kit.models.checkpoint import load_checkpoint, save_checkpoint
+from kit.models.precision import ComputeMode
 from kit.training.data import AugmentedCrops, TrainingCrops, ValImage, worker_init
 from kit.training.distributed import DistContext
 from kit.training.optim import build_optimizer, build_scheduler
@@ -46,6 +48,8 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Path | None = None
     last_checkpoint: Path | None = None
+    fitted: dict[str, str] = field(default_factory=dict)
+    """What a fitted model (`kit.training.fitting`) chose, as params to log; empty for networks."""
 
 
 def validation_map(
@@ -61,24 +65,16 @@ def validation_map(
     return (float(np.mean(scores)) if scores else float("nan")), predicted
 
 
-def build_model(cfg: ExperimentConfig) -> nn.Module:
-    """The experiment's network from the model registry (output channels from `cfg.targets` and the
-    activation of `cfg.training.loss` for the builders that take them: semantic models)."""
-    from kit.models import create_model
-    from kit.models.activation import activation_for_loss
-    from kit.models.registry import model_arguments
-    from kit.targets import target_channels
-
-    kwargs = {
-        "encoder": cfg.model.encoder,
-        "in_channels": cfg.data.channels,
-        "pretrained": cfg.model.pretrained,
-    }
-    if "channels" in model_arguments(cfg.model.name):
-        kwargs["channels"] = target_channels(cfg.targets.include_mask)
-    if "activation" in model_arguments(cfg.model.name):
-        kwargs["activation"] = activation_for_loss(cfg.training.loss.mode)
-    return create_model(cfg.model.name, **kwargs, **cfg.model.params)
+def fold_segmenter(
+    model: nn.Module, cfg: ExperimentConfig, device: torch.device, *, channels_last: bool
+) -> Callable[[np.ndarray], Segmentation]:
+    """Normalised image → instances of one fold model as it stands, with the experiment's inference
+    settings and thresholds (no TTA; `inference.precision`, as `kit predict` will run it) in the memory
+    format `channels_last`: what validation scores."""
+    inference = cfg.inference.model_copy(update={"channels_last": channels_last})
+    core = build_segmenter([model], cfg.model_copy(update={"inference": inference}), device=device)
+    thresholds = default_thresholds(cfg, model.kit_cfg["task"])
+    return lambda image: core(image, thresholds)
 
 
 class Trainer:
@@ -104,12 +100,10 @@ class Trainer:
         self.work_dir = work_dir
         self.on_epoch, self.on_checkpoint = on_epoch, on_checkpoint
         self.progress = progress and dist.is_main
-        self.use_amp = self.tcfg.amp and device.type == "cuda"
-        self.model = model.to(device)
-        if self.tcfg.channels_last and device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.compute = ComputeMode.resolve(device, self.tcfg.precision, self.tcfg.channels_last)
+        self.model = self.compute.prepare_training(model)
         self.net = dist.wrap(self.model)
-        self.task = training_task(self.model, cfg, device, self.use_amp)
+        self.task = training_task(self.model, cfg, self.compute)
         self.train_set, self.val_set, self.val_images = train_set, val_set, list(val_images)
         self.sampler = (
             DistributedSampler(train_set, shuffle=True, seed=self.tcfg.seed) if dist.enabled else None
@@ -146,7 +140,7 @@ class Trainer:
             gamma=self.tcfg.gamma,
             time_fraction=self.time_fraction,
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.compute.needs_grad_scaler)
         self.best_epoch, self.best_val_map, self.best_val_loss = -1, -math.inf, math.inf
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
@@ -199,7 +193,8 @@ class Trainer:
         state = extra["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without loss scaling (not fp16)
+            self.scaler.load_state_dict(state["scaler"])
         self.best_epoch, self.best_val_map = int(state["best_epoch"]), float(state["best_val_map"])
         self.best_val_loss = float(state["best_val_loss"])
         self.history = list(state["history"])
@@ -315,11 +310,10 @@ class Trainer:
         return out
 
     def segmenter(self) -> Callable[[np.ndarray], Segmentation]:
-        """Normalised image → instances over the current weights with the experiment's inference settings
-        and thresholds (no TTA)."""
-        core = build_segmenter([self.model], self.cfg, device=self.device, amp=self.tcfg.amp)
-        thresholds = default_thresholds(self.cfg, self.model.kit_cfg["task"])
-        return lambda image: core(image, thresholds)
+        """Normalised image → instances over the current weights (`fold_segmenter`), in training's memory
+        format: the predictor puts its models in its format in place, and the weights being trained must
+        not move."""
+        return fold_segmenter(self.model, self.cfg, self.device, channels_last=self.compute.channels_last)
 
     def _after_epoch(self, epoch: int, record: dict[str, float]) -> None:
         record = {"epoch": float(epoch), **record}
