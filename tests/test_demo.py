@@ -26,7 +26,7 @@ from kit.workflows.demo_budget import (
 
 @pytest.mark.slow
 def test_kit_demo_through_the_cli_runs_the_whole_journey(project_dir, tmp_path) -> None:
-    """`kit demo --synthetic --minutes 2`, exactly as a user types it: data → U-Net and Mask R-CNN on
+    """`kit demo --synthetic --minutes 1`, exactly as a user types it: data → U-Net and Mask R-CNN on
     all folds → predictions → ensemble → submission → score, each an MLflow run; the ensemble finds
     nuclei, and the submission it wrote scores what the ensemble scored."""
     env = {
@@ -36,7 +36,7 @@ def test_kit_demo_through_the_cli_runs_the_whole_journey(project_dir, tmp_path) 
         "OMP_NUM_THREADS": "2",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "kit", "demo", "--synthetic", "--minutes", "2"],
+        [sys.executable, "-m", "kit", "demo", "--synthetic", "--minutes", "1"],
         cwd=project_dir,
         env=env,
         capture_output=True,
@@ -57,9 +57,9 @@ def test_kit_demo_through_the_cli_runs_the_whole_journey(project_dir, tmp_path) 
     assert csv[0] == "ImageId,EncodedPixels"
     assert sum(bool(line.split(",")[1]) for line in csv[1:]) == int(ensemble["nuclei"])
     # the wall time it took, from the start of the command to the scored submission
-    assert re.search(r"wall time \d+\.\d\d min since the command started \(budget 2\.0 min\)", out), out
+    assert re.search(r"wall time \d+\.\d\d min since the command started \(budget 1\.0 min\)", out), out
     # the budget the demo planned with: what was spent before training, the rest estimated
-    assert re.search(r"budget 2\.0 min: \d+\.\d min spent, \d+\.\d min estimated for predictions", out), out
+    assert re.search(r"budget 1\.0 min: \d+\.\d min spent, \d+\.\d min estimated for predictions", out), out
     # the estimate beside what each part took, for each base model and the final stages
     assert re.search(
         r"time outside training, estimated → taken: after unet_lite0 [\d.]+ → [\d.]+ min, "

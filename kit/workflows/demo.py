@@ -29,6 +29,8 @@ from kit.workflows.demo_budget import Costs, counts_of, estimate_costs, measure_
 
 SUBMISSION_NAME = "demo_ensemble"
 DEFAULT_MINUTES = 45.0
+# `--synthetic` is the demo without a download, sized for a test run rather than for accuracy.
+SYNTHETIC_IMAGES = 20
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def prepare_data(synthetic: bool, progress: bool = True) -> tuple[Path, int]:
     if synthetic:
         root = Path("data/synthetic")
         if not (root / "manifest.csv").is_file():
-            synthesize(root, 40, seed=0, progress=progress)
+            synthesize(root, SYNTHETIC_IMAGES, seed=0, progress=progress)
         return root, 3
     root = Path("data/mnfinder")
     if not (root / "manifest.csv").is_file():
@@ -127,7 +129,7 @@ def run_demo(
     deadline = started + minutes * 60
     n_stages = 4 + len(steps)
     stage = iter(range(1, n_stages + 1))
-    what = "synthetic (40 images)" if synthetic else "mnfinder (49 real fluorescence images)"
+    what = f"synthetic ({SYNTHETIC_IMAGES} images)" if synthetic else "mnfinder (49 real fluorescence images)"
     announce(f"{next(stage)}/{n_stages} data: {what}")
     root, channels = prepare_data(synthetic, progress)
     plan = [step.config(root, channels, 1.0, seed) for step in steps]  # training minutes come below
