@@ -30,7 +30,7 @@ from kit.workflows.demo_budget import Costs, counts_of, estimate_costs, measure_
 SUBMISSION_NAME = "demo_ensemble"
 DEFAULT_MINUTES = 45.0
 # `--synthetic` is the demo without a download, sized for a test run rather than for accuracy.
-SYNTHETIC_IMAGES = 20
+SYNTHETIC_IMAGES = 12
 
 
 @dataclass(frozen=True)
