@@ -154,7 +154,14 @@ class TrainingConfig(_Section):
 
 class InferenceConfig(_Section):
     """Test-time augmentation, tiling, and how the network runs (`precision`, `channels_last`: as in
-    `training`, on CPU and CUDA; probability maps and post-processing stay float32)."""
+    `training`, on CPU and CUDA; probability maps and post-processing stay float32); block-wise
+    prediction of large images (`kit.scale`).
+
+    An image larger than `block` pixels on a side is predicted block by block: each `block`² core is
+    predicted with `halo` pixels around it, where its nuclei are taken from (it must exceed the largest
+    nucleus; default `overlap`, the size the tiles already assume), and `context` more pixels that only
+    feed the network (default `overlap` / 2).
+    """
 
     tta: TtaMode = "none"
     scales: list[float] = [1.0]
@@ -163,6 +170,9 @@ class InferenceConfig(_Section):
     batch_size: int = Field(4, ge=1)
     precision: Precision = "auto"
     channels_last: bool = True
+    block: int = Field(2048, ge=64)
+    halo: int | None = Field(None, ge=0)
+    context: int | None = Field(None, ge=0)
 
 
 class WatershedThresholds(_Section):

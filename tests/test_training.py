@@ -425,6 +425,41 @@ def test_missing_dataset_is_a_data_error_with_a_hint(project_dir) -> None:
     assert not (project_dir / "mlruns").exists()  # failed before any run was started
 
 
+def test_a_budget_that_runs_out_while_an_epoch_is_logged_still_validates_and_keeps_a_best(
+    project, synthetic_src, monkeypatch
+) -> None:
+    """The budget can run out after an epoch was judged not to be the last (uploading its checkpoint
+    takes time): training then runs one more step and validates it, so the fold keeps a best
+    checkpoint that prediction can load (`kit demo --minutes 1` lost its folds this way)."""
+    import kit.training.trainer as trainer_module
+    from kit.stages.train import train_experiment
+
+    install_dataset(synthetic_src, project)
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+    logged = trainer_module.Trainer._after_epoch
+
+    def slow_logging(self, epoch, record):  # the first epoch's logging crosses the whole budget
+        logged(self, epoch, record)
+        clock[0] += 1000.0
+
+    monkeypatch.setattr(trainer_module.Trainer, "_after_epoch", slow_logging)
+    overrides = [
+        "training.epochs=1000",
+        "training.max_minutes=1",
+        "training.max_steps_per_epoch=2",
+        "training.val_every=1000",
+        "data.crop_size=64",
+        NO_MODEL,
+    ]
+    outcome = train_experiment(load_experiment("unet_tiny", overrides), folds=[0], progress=False)
+    fold = outcome.folds[0]
+    assert fold.epochs_run == 2  # the unvalidated epoch and one step more, validated
+    val = _client().get_metric_history(fold.run_id, "val_map")
+    assert [m.step for m in val] == [1]
+    assert "checkpoints/best.pt" in {a.path for a in _client().list_artifacts(fold.run_id, "checkpoints")}
+
+
 def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src, monkeypatch, capsys) -> None:
     """training.max_minutes: with a clock that advances 1 s per reading, a 1-minute budget ends training
     long before its 1000 epochs, the learning rate has decayed to its floor by then, the last epoch

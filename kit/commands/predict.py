@@ -36,8 +36,9 @@ def predict_command(
         Path | None,
         typer.Option(
             "--input",
-            help="Folder to predict: DSB layout (<id>/images/<id>.png) or plain png/tif/jpg files.",
-            file_okay=False,
+            help="What to predict: a folder (DSB layout <id>/images/<id>.png, or png/tif/jpg files and "
+            "*.zarr folders), or one image file or OME-Zarr/Zarr folder. Images larger than --block are "
+            "predicted block by block into OME-Zarr.",
         ),
     ] = None,
     tta: Annotated[
@@ -58,14 +59,45 @@ def predict_command(
         ),
     ] = None,
     data: DataOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Run images and blocks on a local Dask cluster of this many processes."
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Run on a running dask.distributed cluster, e.g. tcp://host:8786 (dask scheduler / dask worker, "
+            "SLURM, Kubernetes); workers need kit and the input and output paths.",
+        ),
+    ] = None,
+    block: Annotated[
+        int | None,
+        typer.Option(
+            "--block", min=64, help="Block side in pixels for large images (default: inference.block, 2048)."
+        ),
+    ] = None,
+    halo: Annotated[
+        int | None,
+        typer.Option(
+            "--halo",
+            min=0,
+            help="Pixels each block sees around its core; must exceed the largest nucleus "
+            "(default: inference.halo, else inference.overlap).",
+        ),
+    ] = None,
     overrides: OverridesOption = None,
 ) -> None:
     """Predict probability maps and instance label images with an experiment's fold models, or with any
     model (--model); one MLflow predict run."""
     from kit.errors import ConfigError
+    from kit.stages.predict import ScaleOptions
 
+    scale = ScaleOptions(workers=workers, scheduler=scheduler, block=block, halo=halo)
     if model is not None:
-        _predict_with_model(model, input_dir, data, split, tta, device)
+        _predict_with_model(model, input_dir, data, split, tta, device, scale)
         return
     if exp is None:
         raise ConfigError("give --exp EXPERIMENT (its newest train run) or --model MODEL")
@@ -82,6 +114,7 @@ def predict_command(
         tta=tta.value if tta else None,
         device=device,
         command=f"predict --exp {exp}",
+        scale=scale,
     )
     index = outcome.index
     folds = sorted({f for group in index["folds"] for f in group.split(";")}, key=int)
@@ -94,10 +127,11 @@ def predict_command(
         f"{index['seconds'].mean():.2f} s/image, {how} (train run {outcome.train_run_id[:8]}); "
         f"MLflow predict run {outcome.run_id[:8]}"
     )
+    _print_blockwise(index)
 
 
 def _predict_with_model(
-    model: str, input_dir: Path | None, data: Path | None, split: str | None, tta, device: str | None
+    model: str, input_dir: Path | None, data: Path | None, split: str | None, tta, device: str | None, scale
 ) -> None:
     from kit.stages.predict import predict_with_model
 
@@ -109,12 +143,26 @@ def _predict_with_model(
         tta=tta.value if tta else None,
         device=device,
         command=f"predict --model {model}",
+        scale=scale,
     )
     index = outcome.index
     console.print(
         f"[bold]{model}[/] {outcome.kind}: {len(index)} image(s), {int(index['n_instances'].sum())} instances, "
         f"{index['seconds'].mean():.2f} s/image; MLflow predict run {outcome.run_id[:8]} in '{outcome.experiment}'"
     )
+    _print_blockwise(index)
+
+
+def _print_blockwise(index) -> None:
+    """Say which images were predicted block by block, and where their OME-Zarr results are."""
+    from kit.inference.artifacts import LARGE_SUFFIX
+
+    large = index[index["labels"].str.endswith(LARGE_SUFFIX)]
+    if len(large):
+        console.print(
+            f"{len(large)} large image(s) predicted block by block into OME-Zarr in the run's artifacts "
+            f"({', '.join(large['labels'][:3])}{', ...' if len(large) > 3 else ''})"
+        )
 
 
 def evaluate_command(

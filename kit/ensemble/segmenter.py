@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,12 +59,23 @@ class EnsembleSegmenter(SegmentationModel):
         self.in_channels = self.bases[0][1].in_channels
         self.tta = ""
 
-    def segment(self, image: np.ndarray, *, thresholds: SelectionThresholds, tta: str | None) -> Segmentation:
+    @property
+    def inference_configs(self) -> list[Any]:
+        return [base.config.inference for _, base in self.bases]
+
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        thresholds: SelectionThresholds,
+        tta: str | None,
+        intensity_ranges: Mapping[int, tuple[float, float]] | None = None,
+    ) -> Segmentation:
         """Every base's prediction of the raw image, then the selection among their instances; the
         `Segmentation`'s scores are the kept instances' predicted IoU, with the image's estimated score."""
         sources = []
         for name, base in self.bases:
-            seg = base.predict(image, tta=tta, details=True)
+            seg = base.predict(image, tta=tta, details=True, intensity_ranges=intensity_ranges)
             # Re-splits run on the maps as predict runs store them, so this object and `kit ensemble`
             # on stored predictions choose the same instances.
             stored = quantize_probs(seg.probs).astype(np.float32) / 255

@@ -4,7 +4,9 @@ The layout a predict run writes (all paths relative to the run's artifact root):
 
     probs/<id>.npz      maps (K, H, W) under "probs" as uint8 (round(255·p)) and their names under "channels"
     labels/<id>.png     uint16 label image (0 = background, 1..N); `labels/<id>.npz` ("labels", int32)
-                        when an image has more than 65535 instances
+                        when an image has more than 65535 instances; `labels/<id>.ome.zarr/` for an image
+                        predicted block by block (`kit.scale`: OME-Zarr image + labels + instance table,
+                        and no probs/ file)
     predictions.csv     one row per image (`INDEX_COLUMNS`), naming its two files; `estimated_score` is
                         the ensemble's estimate of the image's DSB score and `estimate_flag` whether the image is
                         within what that estimate was calibrated on ("ok") or why not (empty for other models)
@@ -50,6 +52,8 @@ INDEX_COLUMNS = (
     "estimate_flag",
 )
 INSTANCE_COLUMNS = ("image_id", "label", "area", "mean_prob", "folds", "score")
+LARGE_SUFFIX = ".ome.zarr"
+MAX_PENDING_WRITES = 8
 POSTPROCESS_FILE = "postprocess.json"
 _PNG_MAX_LABEL = np.iinfo(np.uint16).max
 
@@ -76,7 +80,9 @@ def write_probs(root: str | os.PathLike, image_id: str, probs: np.ndarray, chann
 
 
 def quantize_probs(probs: np.ndarray) -> np.ndarray:
-    """Maps in [0, 1] as stored: uint8 round(255·p)."""
+    """Maps in [0, 1] as stored: uint8 round(255·p) (maps already quantised are returned as they are)."""
+    if probs.dtype == np.uint8:
+        return probs
     return np.rint(np.clip(probs, 0.0, 1.0) * 255).astype(np.uint8)
 
 
@@ -110,8 +116,18 @@ def write_labels(root: str | os.PathLike, image_id: str, labels: np.ndarray) -> 
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """int32 H×W label image from a file written by `write_labels`."""
+    """int32 H×W label image from a file written by `write_labels`, or the full-resolution labels of a
+    block-wise result (`labels/<id>.ome.zarr`)."""
     path = Path(path)
+    if path.name.endswith(LARGE_SUFFIX):
+        import zarr
+
+        from kit.scale.omezarr import LABEL_NAME
+
+        try:
+            return np.asarray(zarr.open_array(str(path / "labels" / LABEL_NAME / "0"), mode="r")[:], np.int32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{path}: not a block-wise label image ({exc})") from None
     if path.suffix == ".npz":
         try:
             with np.load(path) as data:
@@ -175,8 +191,9 @@ def prediction_metrics(index: pd.DataFrame) -> dict[str, float]:
 
 class ArtifactWriter:
     """Writes per-image files under `root` on a background thread, so that encoding and compression
-    overlap the next image's prediction. Methods return the relative path at once; leaving the `with`
-    block waits for every write and raises the first error."""
+    overlap the next image's prediction. Methods return the relative path at once; at most
+    `MAX_PENDING_WRITES` writes wait (a caller faster than the disk waits, rather than holding every
+    image); leaving the `with` block waits for every write and raises the first error."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -185,14 +202,19 @@ class ArtifactWriter:
 
     def probs(self, image_id: str, probs: np.ndarray, channels: Sequence[str]) -> str:
         """`write_probs` in the background; the relative path."""
-        self._pending.append(self._pool.submit(write_probs, self.root, image_id, probs, channels))
+        self._submit(write_probs, self.root, image_id, probs, channels)
         return f"{PROBS_DIR}/{image_id}.npz"
 
     def labels(self, image_id: str, labels: np.ndarray) -> str:
         """`write_labels` in the background; the relative path."""
         suffix = ".png" if labels.size == 0 or labels.max() <= _PNG_MAX_LABEL else ".npz"
-        self._pending.append(self._pool.submit(write_labels, self.root, image_id, labels))
+        self._submit(write_labels, self.root, image_id, labels)
         return f"{LABELS_DIR}/{image_id}{suffix}"
+
+    def _submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > MAX_PENDING_WRITES:
+            self._pending.pop(0).result()
 
     def __enter__(self) -> ArtifactWriter:
         return self

@@ -9,10 +9,13 @@ It handles what is the same for all of them, once:
 - the thresholds: each model stores typed `thresholds` (`kit.inference.thresholds`), and a call may
   override some of them (validated before any image is touched);
 - test-time augmentation chosen per call (`tta`, default the model's own);
-- the output: labels (int32 H×W, 0 = background) or, with `details=True`, a `Segmentation` per image.
+- fixed normalisation levels per call (`intensity_ranges`: a block of a larger image is normalised as
+  the whole image);
+- the output: labels (int32 H×W, 0 = background) or, with `details=True`, a `Segmentation` per image;
+- images of any size, block by block (`predict_blocks`, `kit.scale`), written as OME-Zarr.
 
-A subclass implements `segment` (one raw image) and `save` (a model folder that `kit.load_segmenter`
-reads back).
+A subclass implements `segment` (one raw image), `save` (a model folder that `kit.load_segmenter`
+reads back) and `inference_configs` (the inference settings block-wise prediction starts from).
 """
 
 from __future__ import annotations
@@ -127,18 +130,23 @@ class SegmentationModel(ABC):
         thresholds: Mapping[str, Any] | Thresholds | None = None,
         tta: str | None = None,
         details: bool = False,
+        intensity_ranges: Mapping[int, tuple[float, float]] | None = None,
     ) -> Any:
         """Instance labels of one image (int32 H×W), or a list of them for a list of images, or an
         (N, H, W) array for a batch array. With `details`, `Segmentation`s instead (labels, probability
         maps, channel names, scores; `.instances()` gives the per-instance table).
 
         `thresholds` overrides some of the model's own for this call (e.g. {"seed_threshold": 0.6});
-        `tta` ("none", "flips", "d4") its test-time augmentation."""
+        `tta` ("none", "flips", "d4") its test-time augmentation; `intensity_ranges` ({input channels:
+        (lo, hi)}) the intensities normalised to 0 and 255 instead of each image's own percentiles."""
         used = with_overrides(self.thresholds, thresholds, f"thresholds of {type(self).__name__}.predict")
         if tta is not None:
             check_tta(tta)
         items, batched = split_batch(images)
-        out = [self.segment(image, thresholds=used, tta=tta) for image in items]
+        out = [
+            self.segment(image, thresholds=used, tta=tta, intensity_ranges=intensity_ranges)
+            for image in items
+        ]
         if details:
             return out if batched else out[0]
         labels = [seg.labels for seg in out]
@@ -150,10 +158,33 @@ class SegmentationModel(ABC):
 
     __call__ = predict
 
+    def predict_blocks(self, image: Any, out: str | os.PathLike | None = None, **options: Any) -> Any:
+        """Predict an image of any size block by block (`kit.scale.predict_large`): a path (OME-Zarr, Zarr,
+        TIFF, PNG) or an array. The result is an OME-Zarr label image at `out` (None: in memory) with a
+        Parquet instance table. `options`: block, halo, context (default: `inference_configs`), workers
+        or scheduler (a Dask cluster), executor, progress. Returns a `kit.scale.BlockwiseResult`
+        (`.labels`: the zarr label array, read lazily; `.table`: the instances)."""
+        from kit.scale import predict_large
+
+        return predict_large(self, image, out, **options)
+
+    @property
     @abstractmethod
-    def segment(self, image: np.ndarray, *, thresholds: Thresholds, tta: str | None) -> Segmentation:
+    def inference_configs(self) -> list[Any]:
+        """The `inference` config sections the model predicts with (`kit.config.InferenceConfig`): block
+        size, halo and context of block-wise prediction come from them (the widest of several)."""
+
+    @abstractmethod
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        thresholds: Thresholds,
+        tta: str | None,
+        intensity_ranges: Mapping[int, tuple[float, float]] | None = None,
+    ) -> Segmentation:
         """The prediction of one raw image (H×W or H×W×C, any dtype) with these thresholds and TTA (None:
-        the model's own)."""
+        the model's own), normalised with `intensity_ranges` when given."""
 
     @abstractmethod
     def save(self, folder: str | os.PathLike) -> Path:

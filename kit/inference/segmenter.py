@@ -191,10 +191,23 @@ class Segmenter(SegmentationModel):
         config = config_from_dict(loaded[0][1], f"the config stored in {files[0]}")
         return cls([m for m, _, _ in loaded], config, tta=tta, device=device, thresholds=thresholds)
 
-    def segment(self, image: np.ndarray, *, thresholds: Thresholds, tta: str | None) -> Segmentation:
-        """The prediction of one raw image: normalised as in training, then the fold models."""
+    @property
+    def inference_configs(self) -> list[Any]:
+        return [self.config.inference]
+
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        thresholds: Thresholds,
+        tta: str | None,
+        intensity_ranges: Mapping[int, tuple[float, float]] | None = None,
+    ) -> Segmentation:
+        """The prediction of one raw image: normalised as in training (with `intensity_ranges` of its
+        input channels when given), then the fold models."""
+        levels = None if intensity_ranges is None else intensity_ranges[self.in_channels]
         try:
-            normalized = normalize_image(np.asarray(image), self.in_channels)
+            normalized = normalize_image(np.asarray(image), self.in_channels, intensity_range=levels)
         except ValueError as exc:
             raise DataError(f"cannot segment this image: {exc}") from None
         return self.core(normalized, thresholds, tta or self.tta)

@@ -5,6 +5,7 @@ never overlap. Every threshold is strict: a hit is IoU > t (the DSB rule, unlike
 The plain reference of the overlap kernel (a test oracle) stays in `kit.metrics.overlap`, not exported.
 """
 
+from kit.metrics.agreement import label_agreement
 from kit.metrics.dsb import THRESHOLDS, dsb_precisions, dsb_score, hits_at, precision_at
 from kit.metrics.evaluation import (
     Evaluation,
@@ -49,6 +50,7 @@ __all__ = [
     "hits_at",
     "image_metrics",
     "iou_matrix",
+    "label_agreement",
     "label_overlap",
     "missed_by_size",
     "paired_bootstrap_ci",

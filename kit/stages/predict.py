@@ -4,7 +4,13 @@ What is predicted, and by which models:
 - a split of the experiment's dataset (`split="test"`): every fold model, probabilities averaged;
 - out of fold (`oof=True`): each fold model predicts exactly the ids of its `val_ids.txt`, the images it
   did not train on, so the maps are honest inputs for tuning and for the ensemble;
-- any folder (`input_dir`): a DSB-layout folder or plain image files (`kit.inference.inputs`), all models.
+- any folder (`input_dir`): a DSB-layout folder, plain image files or Zarr folders, or one image file or
+  OME-Zarr (`kit.inference.inputs`), all models.
+
+Where and how (`ScaleOptions`, `kit.scale`): images run in this process or on a Dask cluster
+(`--workers N`, `--scheduler ADDRESS`), each result written as soon as it is made; an image larger than
+the block is predicted block by block into an OME-Zarr (`labels/<id>.ome.zarr`). The run records pixels,
+blocks, workers, seconds and nuclei too large for the halo.
 
 The predict stage is a loop over `kit.inference.segmenter.Segmenter` (the object a Python user gets from
 `kit.load_segmenter`): one per group of fold models. Out-of-fold predictions of semantic models also tune
@@ -38,6 +44,9 @@ from kit.fileio import atomic_write_text, read_image
 from kit.inference.artifacts import (
     INDEX_COLUMNS,
     INSTANCE_COLUMNS,
+    INSTANCES_FILE,
+    LABELS_DIR,
+    LARGE_SUFFIX,
     POSTPROCESS_FILE,
     ArtifactWriter,
     prediction_metrics,
@@ -78,10 +87,23 @@ class PredictOutcome:
 
 @dataclass(frozen=True)
 class _Job:
+    """One image to predict: its id, split and file (or Zarr folder); picklable for Dask workers."""
+
     image_id: str
     split: str
     source: str
-    load: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ScaleOptions:
+    """Where images and blocks run (`kit.scale.open_executor`: `workers` local processes or the cluster at
+    `scheduler`; None and None: this process) and the block-wise settings that override the model's
+    (`kit.scale.BlockSettings`): an image larger than `block` on a side is predicted block by block."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+    block: int | None = None
+    halo: int | None = None
 
 
 def predict_experiment(
@@ -96,13 +118,15 @@ def predict_experiment(
     progress: bool = True,
     command: str = "predict",
     parent_run_id: str | None = None,
+    scale: ScaleOptions = ScaleOptions(),
 ) -> PredictOutcome:
-    """Predict one of: `split` (default "test"), out of fold (`oof`), or the images of `input_dir`.
+    """Predict one of: `split` (default "test"), out of fold (`oof`), or the images of `input_dir` (a
+    folder, one image file or one Zarr/OME-Zarr folder).
 
     The models are the folds of train run `train_run_id`, by default the newest finished train run of
     `cfg.mlflow_experiment`. `tta` overrides `cfg.inference.tta`; `device` defaults to CUDA when present;
-    `parent_run_id` nests the predict run under another run (a search trial). See the module docstring
-    for the outputs.
+    `parent_run_id` nests the predict run under another run (a search trial); `scale` says where the images
+    run and when they are cut into blocks. See the module docstring for the outputs.
     """
     chosen = [
         name
@@ -141,7 +165,10 @@ def predict_experiment(
     tags = {Tag.TRAIN_RUN: train.info.run_id, Tag.FOLD_RUNS: ",".join(f"{f.fold}:{f.run_id}" for f in folds)}
     with tempfile.TemporaryDirectory(prefix=f"kit-predict-{cfg.name}-") as tmp:
         root = Path(tmp)
-        index, instances = _predict_groups(_fold_groups(groups, cfg, thresholds, tta, device), root, progress)
+        index, instances, work = _predict_groups(
+            _fold_groups(groups, cfg, thresholds, tta, device), root, progress, scale
+        )
+        params.update(work.params)
         tuning = None
         if kind == "oof" and cfg.postprocess.tuned and not index.empty:
             tuning = _tune_on_oof(root, index, instances, dataset, thresholds, task)
@@ -156,7 +183,7 @@ def predict_experiment(
             root,
             tags=tags,
             params=params,
-            metrics={**prediction_metrics(index), **(tuning["metrics"] if tuning else {})},
+            metrics={**prediction_metrics(index), **work.metrics, **(tuning["metrics"] if tuning else {})},
             command=command,
             started_at=started_at,
             config_yaml=cfg.to_yaml(),
@@ -187,10 +214,12 @@ def predict_with_model(
     device: str | None = None,
     progress: bool = True,
     command: str = "predict",
+    scale: ScaleOptions = ScaleOptions(),
 ) -> PredictOutcome:
     """Predict the images of `input_dir` (or split `split` of the dataset at `data_root`) with the model
     `source` (anything `kit.load_segmenter` takes: a model URI, a run id, an experiment, a checkpoint),
-    as a predict run of MLflow experiment `experiment` tagged `kit.model_source`."""
+    as a predict run of MLflow experiment `experiment` tagged `kit.model_source`; `scale` as for
+    `predict_experiment`."""
     from kit.hub import load_segmenter
 
     if (input_dir is None) == (data_root is None):
@@ -210,7 +239,7 @@ def predict_with_model(
     )
     with tempfile.TemporaryDirectory(prefix="kit-predict-model-") as tmp:
         root = Path(tmp)
-        index, instances = _predict_groups([_Group(lambda: model, "", "", jobs)], root, progress)
+        index, instances, work = _predict_groups([_Group(lambda: model, "", "", jobs)], root, progress, scale)
         atomic_write_text(root / POSTPROCESS_FILE, model.thresholds.model_dump_json(indent=2))
         write_tables(root, index, instances)
         run_id = record_predict_run(
@@ -224,8 +253,9 @@ def predict_with_model(
                 "tta": model.tta,
                 "input": str(input_dir or ""),
                 **_model_compute_params(model),
+                **work.params,
             },
-            metrics=prediction_metrics(index),
+            metrics={**prediction_metrics(index), **work.metrics},
             command=command,
             started_at=started_at,
             config_yaml=model.config.to_yaml() if isinstance(model, Segmenter) else None,
@@ -293,7 +323,7 @@ def _split_jobs(dataset: NucleiDataset, split: str) -> list[_Job]:
     ids = dataset.ids(split)
     if not ids:
         raise DataError(f"{dataset.root}: split '{split}' has no images")
-    return [_Job(i, split, str(dataset.image_path(i)), lambda i=i: dataset.load(i).image) for i in ids]
+    return [_Job(i, split, str(dataset.image_path(i))) for i in ids]
 
 
 def _oof_groups(dataset: NucleiDataset, folds: list[FoldModel]) -> list[tuple[list[FoldModel], list[_Job]]]:
@@ -312,20 +342,15 @@ def _oof_groups(dataset: NucleiDataset, folds: list[FoldModel]) -> list[tuple[li
                     f"re-imported since training? Point --set data.root at the data the run trained on"
                 )
             owner[image_id] = fold.fold
-        jobs = [
-            _Job(
-                i, str(dataset.row(i)["split"]), str(dataset.image_path(i)), lambda i=i: dataset.load(i).image
-            )
-            for i in fold.val_ids
-        ]
+        jobs = [_Job(i, str(dataset.row(i)["split"]), str(dataset.image_path(i))) for i in fold.val_ids]
         groups.append(([fold], jobs))
     return groups
 
 
-def _input_jobs(folder: Path) -> list[_Job]:
-    from kit.inference.inputs import folder_images
+def _input_jobs(path: Path) -> list[_Job]:
+    from kit.inference.inputs import input_images
 
-    return [_Job(im.id, "", str(im.path), lambda p=im.path: read_image(p)) for im in folder_images(folder)]
+    return [_Job(im.id, "", str(im.path)) for im in input_images(path)]
 
 
 @dataclass
@@ -363,47 +388,219 @@ def _fold_groups(
     ]
 
 
-def _predict_groups(groups: list[_Group], root: Path, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predict every job of every group with its model; the per-image files go under `root` (written in
-    the background, off the network's path)."""
+@dataclass
+class _Work:
+    """What a predict run did, for its params and metrics: pixels, blocks, workers, wall seconds."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def _predict_groups(
+    groups: list[_Group], root: Path, progress: bool, scale: ScaleOptions
+) -> tuple[pd.DataFrame, pd.DataFrame, _Work]:
+    """Predict every job of every group with its model, on the executor `scale` opens; each image's
+    files go under `root` as soon as it is done (written in the background, off the network's path), and
+    its instances are appended to instances.csv, so memory does not grow with the number of images. An
+    image larger than the block is predicted block by block into `labels/<id>.ome.zarr`."""
     from tqdm.auto import tqdm
 
-    rows, tables = [], []
+    from kit.scale import BlockSettings, open_executor
+
+    started = time.perf_counter()
+    rows: list[dict] = []
+    pixels = blocks = too_large = 0
     bar = tqdm(total=sum(len(g.jobs) for g in groups), desc="predict", unit="image", disable=not progress)
-    with bar, ArtifactWriter(root) as writer:  # the bar ends its line even when an image fails
+    with (
+        bar,  # the bar ends its line even when an image fails
+        open_executor(scale.workers, scale.scheduler) as executor,
+        ArtifactWriter(root) as writer,
+        _InstanceTable(root / INSTANCES_FILE) as table,
+    ):
         for group in groups:
             if not group.jobs:
                 continue
             model = group.make()
-            for job in group.jobs:
-                started = time.perf_counter()
-                try:
-                    seg = model.predict(job.load(), details=True)
-                except DataError as exc:
-                    named = job.source in str(exc)  # a reader's error names the file already
-                    raise DataError(str(exc) if named else f"{job.source}: {exc}") from None
-                labels = seg.labels
-                rows.append(
-                    {
-                        "image_id": job.image_id,
-                        "split": job.split,
-                        "height": labels.shape[0],
-                        "width": labels.shape[1],
-                        "n_instances": int(labels.max(initial=0)),
-                        "folds": group.folds,
-                        "model_runs": group.model_runs,
-                        "probs": writer.probs(job.image_id, seg.probs, seg.channels) if seg.channels else "",
-                        "labels": writer.labels(job.image_id, labels),
-                        "source": job.source,
-                        "seconds": time.perf_counter() - started,
-                        "estimated_score": seg.estimated_score,
-                        "estimate_flag": seg.estimate_flag,
-                    }
-                )
-                tables.append(_instance_table(job.image_id, group.folds, seg.instances()))
+            settings = BlockSettings.for_model(model, block=scale.block, halo=scale.halo)
+            whole, large = _by_size(group.jobs, settings.block)
+            for job, result in executor.map(_predict_image, whole, model=model):
+                row = _image_row(job, group, result, writer)
+                rows.append(row)
+                table.append(_instance_table(job.image_id, group.folds, result.instances))
+                pixels += row["height"] * row["width"]
+                blocks += 1
+                bar.update(1)
+            for job in large:
+                row, instances, result = _predict_large(model, job, group, root, settings, executor, progress)
+                rows.append(row)
+                table.append(_instance_table(job.image_id, group.folds, instances))
+                pixels += row["height"] * row["width"]
+                blocks += result.blocks
+                too_large += result.too_large
                 bar.update(1)
             del model
-    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)), _concat(tables)
+        workers = executor.workers
+    seconds = time.perf_counter() - started
+    work = _Work(
+        params={
+            "workers": workers,
+            "scheduler": scale.scheduler or "",
+            "block": scale.block or "",
+            "halo": scale.halo or "",
+        },
+        metrics={
+            "pixels": pixels,
+            "blocks": blocks,
+            "workers": workers,
+            "seconds": seconds,
+            "nuclei_too_large": too_large,
+        },
+    )
+    # rows arrive as images finish (any order on a cluster): give them the order of the jobs
+    order = {job.image_id: k for k, job in enumerate(j for g in groups for j in g.jobs)}
+    index = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    index = index.sort_values("image_id", key=lambda ids: ids.map(order), kind="stable", ignore_index=True)
+    instances = table.read()
+    instances = instances.sort_values(
+        ["image_id", "label"], key=lambda c: c.map(order) if c.name == "image_id" else c, ignore_index=True
+    )
+    return index, instances, work
+
+
+def _by_size(jobs: list[_Job], block: int) -> tuple[list[_Job], list[_Job]]:
+    """(images predicted whole, images larger than `block` on a side: predicted block by block), by their
+    headers (an image whose format does not tell its size is predicted whole)."""
+    from kit.scale.sources import image_shape
+
+    whole, large = [], []
+    for job in jobs:
+        shape = image_shape(job.source)
+        (large if shape is not None and max(shape) > block else whole).append(job)
+    return whole, large
+
+
+@dataclass
+class _ImageResult:
+    """One image's prediction as a worker sends it back: labels, maps quantised as stored, instances."""
+
+    labels: np.ndarray
+    probs: np.ndarray | None
+    channels: tuple[str, ...]
+    instances: pd.DataFrame
+    estimated_score: float
+    estimate_flag: str
+    seconds: float
+
+
+def _predict_image(model: Any, job: _Job) -> _ImageResult:
+    """Predict one whole image (runs on the executor: in this process or on a Dask worker)."""
+    from kit.inference.artifacts import quantize_probs
+    from kit.scale.sources import read_whole
+
+    started = time.perf_counter()
+    try:
+        image = read_image(job.source) if Path(job.source).is_file() else read_whole(job.source)
+        seg = model.predict(image, details=True)
+    except DataError as exc:
+        named = job.source in str(exc)  # a reader's error names the file already
+        raise DataError(str(exc) if named else f"{job.source}: {exc}") from None
+    return _ImageResult(
+        seg.labels,
+        quantize_probs(seg.probs) if seg.channels else None,
+        tuple(seg.channels),
+        seg.instances(),
+        seg.estimated_score,
+        seg.estimate_flag,
+        time.perf_counter() - started,
+    )
+
+
+def _image_row(job: _Job, group: _Group, result: _ImageResult, writer: ArtifactWriter) -> dict:
+    """The predictions.csv row of a whole image, its files handed to `writer`."""
+    labels = result.labels
+    return {
+        "image_id": job.image_id,
+        "split": job.split,
+        "height": labels.shape[0],
+        "width": labels.shape[1],
+        "n_instances": int(labels.max(initial=0)),
+        "folds": group.folds,
+        "model_runs": group.model_runs,
+        "probs": writer.probs(job.image_id, result.probs, result.channels) if result.channels else "",
+        "labels": writer.labels(job.image_id, labels),
+        "source": job.source,
+        "seconds": result.seconds,
+        "estimated_score": result.estimated_score,
+        "estimate_flag": result.estimate_flag,
+    }
+
+
+def _predict_large(
+    model: Any, job: _Job, group: _Group, root: Path, settings: Any, executor: Any, progress: bool
+) -> tuple[dict, pd.DataFrame, Any]:
+    """Predict one large image block by block into `labels/<id>.ome.zarr` under `root` (no probability
+    maps: they would be larger than the image); its predictions.csv row, instances and
+    `kit.scale.BlockwiseResult`."""
+    from kit.scale import predict_blockwise
+
+    rel = f"{LABELS_DIR}/{job.image_id}{LARGE_SUFFIX}"
+    try:
+        result = predict_blockwise(
+            model, job.source, root / rel, settings=settings, executor=executor, progress=progress
+        )
+    except DataError as exc:
+        raise DataError(str(exc) if job.source in str(exc) else f"{job.source}: {exc}") from None
+    if result.too_large:
+        log.warning(
+            "%s: %d nuclei larger than the halo (%d px) were left out; raise --halo",
+            job.source,
+            result.too_large,
+            settings.halo,
+        )
+    row = {
+        "image_id": job.image_id,
+        "split": job.split,
+        "height": result.shape[0],
+        "width": result.shape[1],
+        "n_instances": result.n_instances,
+        "folds": group.folds,
+        "model_runs": group.model_runs,
+        "probs": "",
+        "labels": rel,
+        "source": job.source,
+        "seconds": result.seconds,
+        "estimated_score": np.nan,
+        "estimate_flag": "",
+    }
+    return row, result.table[["label", "area", "mean_prob", "score"]], result
+
+
+class _InstanceTable:
+    """instances.csv written as images are predicted (appended image by image), read back at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def __enter__(self) -> _InstanceTable:
+        self._file = open(self.path, "w", newline="")
+        self._file.write(",".join(INSTANCE_COLUMNS) + "\n")
+        return self
+
+    def append(self, rows: pd.DataFrame) -> None:
+        rows.to_csv(self._file, header=False, index=False)
+        self._file.flush()
+
+    def read(self) -> pd.DataFrame:
+        return pd.read_csv(
+            self.path,
+            dtype={"image_id": str, "folds": str},
+            keep_default_na=False,
+            na_values={"mean_prob": [""], "score": [""]},
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
 
 
 def _load_models(checkpoints: Iterable[Path], device: str | None) -> list:

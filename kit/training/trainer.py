@@ -211,7 +211,9 @@ class Trainer:
         stopped_early = False
         self._fit_started = time.perf_counter()
         for epoch in range(self.start_epoch, self.tcfg.epochs):
-            if self._tick() >= 1.0:
+            # Only a resumed run can find its budget spent here: later epochs stop through `last`, so the
+            # budget's last epoch is always validated (logging it may itself cross the budget).
+            if epoch == self.start_epoch and self._tick() >= 1.0:
                 break
             started = time.perf_counter()
             torch.manual_seed(self.tcfg.seed * 1000 + epoch)
@@ -266,7 +268,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for step, batch in enumerate(self.loader):
-            if step >= self.steps_per_epoch or self._tick() >= 1.0:
+            if step >= self.steps_per_epoch or (self._tick() >= 1.0 and step > 0):
                 break
             loss, step_parts = self.task.loss(self.net, batch)
             if not torch.isfinite(loss):
