@@ -28,6 +28,21 @@ from kit.training.trainer import Trainer
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
+def _trainer(cfg, model, data, work_dir) -> Trainer:
+    """A single-process CPU trainer of `model` on `data`'s crops, without validation or progress."""
+    return Trainer(
+        cfg,
+        model,
+        data.train_set,
+        None,
+        [],
+        work_dir=work_dir,
+        device=CPU,
+        dist=DistContext(),
+        progress=False,
+    )
+
+
 def _cpu_flags(monkeypatch: pytest.MonkeyPatch, **flags: bool) -> None:
     """Pretend the CPU reports exactly `flags` (e.g. avx512_bf16=True)."""
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"architecture": "x86_64", **flags})
@@ -127,17 +142,7 @@ def test_a_training_step_runs_the_configured_precision_and_format(
     cfg = _tiny_config(overrides, *settings)
     model = build_model(cfg)
     seen = _record_forward(model)
-    trainer = Trainer(
-        cfg,
-        model,
-        data.train_set,
-        None,
-        [],
-        work_dir=tmp_path,
-        device=CPU,
-        dist=DistContext(),
-        progress=False,
-    )
+    trainer = _trainer(cfg, model, data, tmp_path)
     data.train_set.set_epoch(0)
     loss, _ = trainer.task.loss(trainer.net, next(iter(trainer.loader)))
     assert loss.dtype == torch.float32  # the loss is computed in float32 under any autocast
@@ -208,17 +213,7 @@ def test_a_bf16_trained_checkpoint_predicts_in_fp32_like_in_bf16(tiny_data, tmp_
     )
     data = fold_data(cfg, NucleiDataset(cfg.data.root), 0)  # 100 crops: 25 steps
     torch.manual_seed(0)
-    trainer = Trainer(
-        cfg,
-        build_model(cfg),
-        data.train_set,
-        None,
-        [],
-        work_dir=tmp_path,
-        device=CPU,
-        dist=DistContext(),
-        progress=False,
-    )
+    trainer = _trainer(cfg, build_model(cfg), data, tmp_path)
     assert trainer.compute.precision == "bf16"
     trainer.fit()
     weights = torch.load(trainer.last_path, weights_only=True)["state_dict"]

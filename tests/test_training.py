@@ -425,6 +425,17 @@ def test_missing_dataset_is_a_data_error_with_a_hint(project_dir) -> None:
     assert not (project_dir / "mlruns").exists()  # failed before any run was started
 
 
+BUDGET_OVERRIDES = [
+    "training.epochs=1000",
+    "training.max_minutes=1",
+    "training.max_steps_per_epoch=2",
+    "training.val_every=1000",
+    "data.crop_size=64",
+    NO_MODEL,
+]
+"""A 1-minute budget that ends training long before its epochs, validating only the budget's last one."""
+
+
 def test_a_budget_that_runs_out_while_an_epoch_is_logged_still_validates_and_keeps_a_best(
     project, synthetic_src, monkeypatch
 ) -> None:
@@ -444,15 +455,7 @@ def test_a_budget_that_runs_out_while_an_epoch_is_logged_still_validates_and_kee
         clock[0] += 1000.0
 
     monkeypatch.setattr(trainer_module.Trainer, "_after_epoch", slow_logging)
-    overrides = [
-        "training.epochs=1000",
-        "training.max_minutes=1",
-        "training.max_steps_per_epoch=2",
-        "training.val_every=1000",
-        "data.crop_size=64",
-        NO_MODEL,
-    ]
-    outcome = train_experiment(load_experiment("unet_tiny", overrides), folds=[0], progress=False)
+    outcome = train_experiment(load_experiment("unet_tiny", BUDGET_OVERRIDES), folds=[0], progress=False)
     fold = outcome.folds[0]
     assert fold.epochs_run == 2  # the unvalidated epoch and one step more, validated
     val = _client().get_metric_history(fold.run_id, "val_map")
@@ -470,15 +473,7 @@ def test_time_budget_stops_training_and_spans_the_cosine(project, synthetic_src,
     install_dataset(synthetic_src, project)
     now = itertools.count(step=1.0)
     monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(now)))
-    overrides = [
-        "training.epochs=1000",
-        "training.max_minutes=1",
-        "training.max_steps_per_epoch=2",
-        "training.val_every=1000",
-        "data.crop_size=64",
-        NO_MODEL,
-    ]
-    cfg = load_experiment("unet_tiny", overrides)
+    cfg = load_experiment("unet_tiny", BUDGET_OVERRIDES)
     outcome = train_experiment(cfg, folds=[0], progress=True)
     fold = outcome.folds[0]
     assert 1 < fold.epochs_run < 60
