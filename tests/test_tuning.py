@@ -78,3 +78,31 @@ def test_instance_tuning_raises_the_score_threshold_past_false_detections() -> N
     assert result.start_score == pytest.approx(dsb_score(truth, labels))
     assert result.score == pytest.approx(1.0)
     assert 0.6 < result.params["score_threshold"] <= 0.8
+
+
+def test_every_size_rule_and_score_threshold_is_scored_as_dropping_the_instances_would_score() -> None:
+    """The tuners score size rules from one IoU matrix per labelling; that must equal scoring the labels
+    that `drop_small` (after the score threshold's drop) leaves, including the median-relative rule."""
+    from scipy import ndimage as ndi
+
+    from kit.inference.tuning import scores_by_size
+
+    rng = np.random.default_rng(3)
+    truth = ndi.label(ndi.gaussian_filter(rng.random((160, 160)), 2.5) > 0.53)[0]
+    # a prediction: the truth's nuclei, some shrunk, some missed, plus specks of every size
+    pred = np.where(ndi.grey_erosion(truth, size=(3, 3)) == truth, truth, 0)
+    pred[np.isin(pred, [3, 4])] = 0  # ids with no pixels must not count
+    specks = ndi.label(ndi.gaussian_filter(rng.random((160, 160)), 1.0) > 0.62)[0]
+    pred = np.where((pred == 0) & (specks > 0), specks + truth.max(), pred)
+    areas = np.bincount(pred.ravel())[1:]
+    assert truth.max() > 20 and pred.max() > 20 and areas[areas > 0].min() < 10 < areas.max()
+    sizes = [(0, 0.0), (10, 0.0), (25, 0.0), (0, 0.3), (10, 0.5)]
+    keep = np.concatenate([[False], rng.random(pred.max()) > 0.3])
+    expected_all = [dsb_score(truth, drop_small(pred, s, f)) for s, f in sizes]
+    kept = np.where(keep[pred], pred, 0)
+    expected_kept = [dsb_score(truth, drop_small(kept, s, f)) for s, f in sizes]
+    assert len(set(np.round(expected_all, 6))) > 2  # the rules change the score
+    np.testing.assert_allclose(scores_by_size(truth, pred, sizes), expected_all, atol=1e-12)
+    np.testing.assert_allclose(scores_by_size(truth, pred, sizes, keep), expected_kept, atol=1e-12)
+    empty = np.zeros_like(truth)
+    assert scores_by_size(empty, empty, sizes).tolist() == [1.0] * len(sizes)

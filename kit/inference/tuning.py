@@ -4,8 +4,9 @@
 score over images that the models did not train on, by coordinate descent over a small grid: seeds
 (`seed_threshold` × `min_seed_size`), then the foreground (`mask_threshold` × `grow_with_mask`), then the
 seeds once more; every labelling is scored at each (`min_size`, `min_area_fraction`) of the grid, which
-only drops instances and costs no watershed. It starts from the config's values, so the result is never
-worse on these images.
+only drops instances and costs no watershed: dropping an instance only removes its column from the IoU
+matrix, so one matrix per labelling scores every size rule (`scores_by_size`). It starts from the config's
+values, so the result is never worse on these images.
 
 The size rule is mostly relative (`min_area_fraction` of each image's median instance area, up to
 half of it) and the absolute `min_size` stays small (≤ 25 px): thresholds tuned on one dataset's
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from kit.inference.postprocess import drop_small, instances_from_probs
-from kit.metrics import dsb_score
+from kit.inference.postprocess import instances_from_probs, size_limit
+from kit.metrics import iou_matrix, precisions_of_iou
 
 WATERSHED_KEYS = ("seed_threshold", "min_seed_size", "mask_threshold", "grow_with_mask")
 SIZE_KEYS = ("min_size", "min_area_fraction")
@@ -36,6 +37,27 @@ DEFAULT_GRID: dict[str, tuple] = {
 }
 
 Item = tuple[np.ndarray, Sequence[str], np.ndarray]  # probs (K, H, W), channel names, truth labels
+
+
+def scores_by_size(
+    truth: np.ndarray,
+    labels: np.ndarray,
+    sizes: Sequence[tuple[int, float]],
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """DSB score of `dsb_score(truth, drop_small(labels', size, fraction))` for each (size, fraction) of
+    `sizes`, where labels' holds only the ids of `labels` with `keep[id]` true (all ids when `keep` is None),
+    from one IoU matrix: a dropped instance is a dropped column, and the other pairs' IoU is unchanged."""
+    m = iou_matrix(truth, labels)
+    columns = np.ones(m.n_pred, dtype=bool) if keep is None else np.asarray(keep)[m.pred_ids]
+    areas = np.concatenate([[0], m.pred_areas[columns]])
+    iou = m.iou[:, columns]
+    return np.array(
+        [
+            precisions_of_iou(iou[:, areas[1:] >= size_limit(areas, size, fraction)]).mean()
+            for size, fraction in sizes
+        ]
+    )
 
 
 @dataclass
@@ -69,14 +91,13 @@ def tune_postprocess(
     def evaluate(params: Mapping) -> dict[tuple[int, float], float]:
         key = tuple(params[k] for k in WATERSHED_KEYS)
         if key not in cache:
-            per_size: dict[tuple[int, float], list[float]] = {s: [] for s in sizes}
+            totals = np.zeros(len(sizes))
             for probs, channels, truth in items:
                 labels = instances_from_probs(
                     probs, channels, **{**params, "min_size": 0, "min_area_fraction": 0.0}
                 )
-                for size, fraction in sizes:
-                    per_size[(size, fraction)].append(dsb_score(truth, drop_small(labels, size, fraction)))
-            cache[key] = {s: float(np.mean(v)) for s, v in per_size.items()}
+                totals += scores_by_size(truth, labels, sizes)
+            cache[key] = {s: float(t / len(items)) for s, t in zip(sizes, totals, strict=True)}
             for (size, fraction), score in cache[key].items():
                 trials.append(
                     {
@@ -135,9 +156,7 @@ def tune_instances(
     for labels, scores, truth in items:
         for i, t in enumerate(thresholds):
             keep = np.concatenate([[False], np.asarray(scores) >= t])
-            kept = np.where(keep[labels], labels, 0)
-            for j, (size, fraction) in enumerate(sizes):
-                totals[i, j] += dsb_score(truth, drop_small(kept, size, fraction))
+            totals[i] += scores_by_size(truth, labels, sizes, keep)
     means = totals / len(items)
     trials = pd.DataFrame(
         [

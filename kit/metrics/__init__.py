@@ -6,7 +6,14 @@ The plain reference of the overlap kernel (a test oracle) stays in `kit.metrics.
 """
 
 from kit.metrics.agreement import label_agreement
-from kit.metrics.dsb import THRESHOLDS, dsb_precisions, dsb_score, hits_at, precision_at
+from kit.metrics.dsb import (
+    THRESHOLDS,
+    dsb_precisions,
+    dsb_score,
+    hits_at,
+    precision_at,
+    precisions_of_iou,
+)
 from kit.metrics.evaluation import (
     Evaluation,
     bootstrap_ci,
@@ -60,6 +67,7 @@ __all__ = [
     "plot_f1_curves",
     "plot_overlay_gallery",
     "precision_at",
+    "precisions_of_iou",
     "save_overlay",
     "summarize",
     "tp_fp_fn_overlay",

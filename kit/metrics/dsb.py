@@ -58,8 +58,14 @@ def precision_at(iou: np.ndarray, threshold: float) -> float:
 
 def dsb_precisions(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """DSB precision at each of the 10 `THRESHOLDS` for one pair of H×W label images (float64 [10])."""
-    m = iou_matrix(truth, pred)
-    return _precision(hits_at(m.iou, THRESHOLDS), m.n_true, m.n_pred)
+    return precisions_of_iou(iou_matrix(truth, pred).iou)
+
+
+def precisions_of_iou(iou: np.ndarray) -> np.ndarray:
+    """DSB precision at each of the 10 `THRESHOLDS` from an IoU matrix [n_true, n_pred] (its shape
+    counts the objects: keep rows and columns of unmatched objects)."""
+    n_true, n_pred = np.shape(iou)
+    return _precision(hits_at(iou, THRESHOLDS), n_true, n_pred)
 
 
 def dsb_score(truth: np.ndarray, pred: np.ndarray) -> float:

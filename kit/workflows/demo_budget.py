@@ -36,9 +36,8 @@ MODEL_LOG_S = 10.0
 training, and again with the tuned post-processing). Measured 14–18 s on a heavily shared 2-core CPU."""
 WATERSHED_TRIALS = 58
 """Watershed settings `kit.inference.tuning.tune_postprocess` labels each out-of-fold image with, at
-most: seeds 5 × 5, foreground 4 × 2, seeds 5 × 5 again."""
-SIZE_RULES = 19
-"""Size rules every tuning trial scores (3 × 6 of the grid and the starting one)."""
+most: seeds 5 × 5, foreground 4 × 2, seeds 5 × 5 again. Each labelling costs one IoU matrix (about one DSB
+score), which scores every size rule at once."""
 SCORE_THRESHOLDS = 14
 """Detection score thresholds `tune_instances` tries at most."""
 SELECTION_THRESHOLDS = 16
@@ -113,9 +112,9 @@ def estimate_costs(
         per_prediction = speeds.segment[cfg.name]
         if task == "semantic":  # random weights give flat maps: add a watershed of realistic ones
             per_prediction += speeds.watershed
-            tuning = WATERSHED_TRIALS * counts.train * (speeds.watershed + SIZE_RULES * speeds.score)
+            tuning = WATERSHED_TRIALS * counts.train * (speeds.watershed + speeds.score)
         else:
-            tuning = SCORE_THRESHOLDS * SIZE_RULES * counts.train * speeds.score
+            tuning = SCORE_THRESHOLDS * counts.train * speeds.score
         runs = (folds + 3) * RUN_S + 2 * MODEL_LOG_S  # parent, folds, two predict runs; two models
         files = (counts.train + counts.test) * speeds.write
         after.append(predictions * per_prediction + files + tuning + runs)
