@@ -53,4 +53,3 @@ class DiesOnceModel(ThresholdModel):
         except FileNotFoundError:
             return super().predict(image, **kwargs)
         os._exit(1)
-

@@ -211,7 +211,9 @@ def evaluate_command(
     )
     if outcome.comparison is not None:
         print_frame(
-            outcome.comparison[list(COMPARE_COLUMNS)], title=f"comparison ({kind.value})", float_format="{:.4f}"
+            outcome.comparison[list(COMPARE_COLUMNS)],
+            title=f"comparison ({kind.value})",
+            float_format="{:.4f}",
         )
     if outcome.breakdown is not None:
         print_frame(

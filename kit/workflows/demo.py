@@ -132,7 +132,11 @@ def run_demo(
     deadline = started + minutes * 60
     n_stages = 4 + len(steps)
     stage = iter(range(1, n_stages + 1))
-    what = f"synthetic ({SYNTHETIC_IMAGES} images, folds {list(SYNTHETIC_FOLDS)})" if synthetic else "mnfinder (49 real fluorescence images)"
+    what = (
+        f"synthetic ({SYNTHETIC_IMAGES} images, folds {list(SYNTHETIC_FOLDS)})"
+        if synthetic
+        else "mnfinder (49 real fluorescence images)"
+    )
     announce(f"{next(stage)}/{n_stages} data: {what}")
     root, channels = prepare_data(synthetic, progress)
     plan = [step.config(root, channels, 1.0, seed) for step in steps]  # training minutes come below
