@@ -144,10 +144,12 @@ def test_compare_writes_its_table_and_plots_checked_against_evaluate(in_families
     from kit.tracking.schema import find_predict_run, find_role_runs, run_folder
 
     output = _kit("compare", *FAMILIES, "--kind", "test", "--out", str(tmp_path / "cmp"))
-    assert "map_diff" in output
     table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
     assert list(table["experiment"]) == list(FAMILIES) and (table["images"] == 4).all()
     assert table["n_pred"].iloc[0] > 0 and table["map"].nunique() > 1  # something real to compare
+    printed = {line.split()[0]: line for line in output.splitlines() if line.strip()}
+    for name, value in zip(table["experiment"], table["map"], strict=True):  # one line per experiment
+        assert f" {value:.3f} [" in printed[name]
     for row in table.to_dict("records"):
         name = row["experiment"]
         alone = evaluate_experiment(
@@ -240,3 +242,33 @@ def test_classical_predicts_new_images_before_any_training(project, synthetic_sr
     assert sorted(auto.ids("train")) == sorted(chosen) and auto.automatic_labels() == auto.ids()
     for image_id in chosen:
         np.testing.assert_array_equal(auto.load(image_id).labels, labels[image_id])
+
+
+def test_the_printed_comparison_fits_a_terminal_and_keeps_names_whole() -> None:
+    from rich.console import Console
+
+    from kit.commands._common import frame_table
+    from kit.commands.predict import compare_view
+
+    table = pd.DataFrame(
+        {
+            "experiment": ["unet_lite0", "maskrcnn_lite0", "unet_lite0_autolabels"],
+            "map": [0.6243, 0.3697, 0.6011],
+            "map_ci_low": [0.543, 0.297, 0.52],
+            "map_ci_high": [0.694, 0.447, 0.66],
+            "map_diff": [0.0, -0.2546, -0.0232],
+            "f1_avg": [0.787, 0.537, 0.77],
+            "missed_rate_0.7": [0.12, 0.4, 0.15],
+            "extra_0.7": [31, 80, 40],
+            "merges": [4, 9, 6],
+            "splits": [2, 3, 1],
+            "s_per_image": [0.812, 2.31, 0.8],
+        }
+    )
+    console = Console(width=80, record=True)
+    console.print(frame_table(compare_view(table), whole=("experiment", "mAP [95% CI]"), compact=True))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split()[0]: line for line in lines if line.strip()}
+    assert "0.624 [0.54–0.69]" in rows["unet_lite0"] and "-0.255" in rows["maskrcnn_lite0"]
+    assert "unet_lite0_autolabels" in rows and "40%" in rows["maskrcnn_lite0"]

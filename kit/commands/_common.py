@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -56,10 +57,22 @@ def resolve_dataset_dir(data: Path | None) -> Path:
 
 
 def frame_table(
-    frame, title: str | None = None, float_format: str = "{:.3f}", whole: Collection[str] = ()
+    frame,
+    title: str | None = None,
+    float_format: str = "{:.3f}",
+    whole: Collection[str] = (),
+    compact: bool = False,
 ) -> Table:
-    """A pandas DataFrame as a rich table; the columns named in `whole` are never wrapped."""
-    table = Table(title=title, show_lines=False, header_style="bold")
+    """A pandas DataFrame as a rich table; the columns named in `whole` are never wrapped; `compact`
+    draws only the header rule, to fit more columns in a terminal."""
+    table = Table(
+        title=title,
+        show_lines=False,
+        header_style="bold",
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        pad_edge=not compact,
+        collapse_padding=compact,
+    )
     for col in frame.columns:
         justify = "right" if frame[col].dtype.kind in "iuf" else "left"
         table.add_column(str(col), justify=justify, no_wrap=col in whole)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kit.commands._common import DataOption, OverridesOption, choices, console, print_frame, print_summary
+from kit.commands._common import (
+    DataOption,
+    OverridesOption,
+    choices,
+    console,
+    frame_table,
+    print_frame,
+    print_summary,
+)
 from kit.commands.train import ExpOption
 from kit.config import PREDICT_KINDS, SUBMIT_KINDS, TTA_MODES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Kind = choices("Kind", PREDICT_KINDS)
 SubmitKind = choices("SubmitKind", SUBMIT_KINDS)
@@ -210,10 +221,13 @@ def evaluate_command(
         title=f"{cfg.name} {kind.value} (predict run {outcome.predict_run_id[:8]})",
     )
     if outcome.comparison is not None:
-        print_frame(
-            outcome.comparison[list(COMPARE_COLUMNS)],
-            title=f"comparison ({kind.value})",
-            float_format="{:.4f}",
+        console.print(
+            frame_table(
+                compare_view(outcome.comparison),
+                title=f"comparison ({kind.value}); missed/extra @0.7",
+                whole=("experiment", "mAP [95% CI]"),
+                compact=True,
+            )
         )
     if outcome.breakdown is not None:
         print_frame(
@@ -226,20 +240,23 @@ def evaluate_command(
     )
 
 
-COMPARE_COLUMNS = (
-    "experiment",
-    "images",
-    "map",
-    "map_ci_low",
-    "map_ci_high",
-    "map_diff",
-    "f1_avg",
-    "missed_rate_0.7",
-    "extra_0.7",
-    "merges",
-    "splits",
-    "s_per_image",
-)
+def compare_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison's headline columns for an 80-column terminal; compare.csv holds them all (merges,
+    splits, missed by size, ...)."""
+    import numpy as np
+    import pandas as pd
+
+    view = pd.DataFrame({"experiment": table["experiment"]})
+    view["mAP [95% CI]"] = [
+        f"{m:.3f} [{lo:.2f}–{hi:.2f}]" if np.isfinite(lo) else f"{m:.3f}"
+        for m, lo, hi in zip(table["map"], table["map_ci_low"], table["map_ci_high"], strict=True)
+    ]
+    view["Δ"] = [f"{d:+.3f}" if np.isfinite(d) else "" for d in table["map_diff"]]
+    view["F1"] = table["f1_avg"].map("{:.3f}".format)
+    view["missed"] = table["missed_rate_0.7"].map("{:.0%}".format)
+    view["extra"] = table["extra_0.7"].astype(int).astype(str)
+    view["s/img"] = table["s_per_image"].map("{:.2f}".format)
+    return view
 
 
 def compare_command(
@@ -280,10 +297,13 @@ def compare_command(
     )
     table = outcome.comparison
     assert table is not None
-    print_frame(
-        table[list(COMPARE_COLUMNS)],
-        title=f"{kind.value}: {int(table['images'].iloc[0])} images (map_diff: against {cfg.name}, paired)",
-        float_format="{:.3f}",
+    console.print(
+        frame_table(
+            compare_view(table),
+            title=f"{kind.value}: {int(table['images'].iloc[0])} images; Δ against {cfg.name}; missed/extra @0.7",
+            whole=("experiment", "mAP [95% CI]"),
+            compact=True,
+        )
     )
     console.print(
         f"report: {outcome.out_dir}/ (compare.csv, compare_curves.csv, F1/AP curves, errors, gallery); "
