@@ -85,18 +85,26 @@ def test_segmenter_from_checkpoint_files_gives_kit_predicts_labels(in_project) -
     assert any(not np.array_equal(untuned.predict(image), expected[i]) for i, image in _test_images().items())
 
 
-def test_load_segmenter_from_run_experiment_folder_and_uri_agree(in_project, tmp_path) -> None:
-    _, cfg, trained, test = in_project
+def test_load_segmenter_from_run_experiment_folder_and_uri_agree(in_project, tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    root, cfg, trained, test = in_project
     expected = _nonempty(_predicted_labels(test.run_id))
     images = _test_images()
+    scratch = tmp_path / "tmp"  # the temporary folder, watched: loading must leave no copy behind
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     by_run = kit.load_segmenter(trained.parent_run_id)
     by_experiment = kit.load_segmenter(cfg.name)
     folder = by_run.save(tmp_path / "model")
     by_folder = kit.load_segmenter(folder)
     from kit.hub import newest_model_uri
-    from kit.tracking.schema import get_run
+    from kit.tracking.schema import fold_models, get_run
 
     by_uri = kit.load_segmenter(newest_model_uri(get_run(trained.parent_run_id)))
+    assert list(scratch.iterdir()) == []  # MLflow's downloads copied every checkpoint here, never removed
+    checkpoints = [f.checkpoint for f in fold_models(get_run(trained.parent_run_id))]
+    assert len(checkpoints) == 2 and all(c.is_relative_to(root / "mlruns") for c in checkpoints)
     for model in (by_run, by_experiment, by_folder, by_uri):
         assert isinstance(model, kit.SegmentationModel)
         for image_id, image in images.items():

@@ -113,6 +113,12 @@ def test_the_whole_journey_through_a_tracking_server(server, tmp_path, synthetic
     install_dataset(synthetic_src, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    cache, scratch = tmp_path / "artifact-cache", tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("KIT_ARTIFACTS_CACHE", str(cache))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # watched: no checkpoint copy may stay there
 
     kit("train", "--exp", "unet_tiny", "--folds", "0", *sets(TINY))
     kit("predict", "--exp", "unet_tiny", "--oof", *sets(SEEDS))
@@ -122,6 +128,8 @@ def test_the_whole_journey_through_a_tracking_server(server, tmp_path, synthetic
     assert "submissions/team.csv" in out
 
     assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
+    # the fold's checkpoint, loaded by 3 predictions and the submission, was fetched once into the cache
+    assert len(list(cache.rglob("best.pt"))) == 1 and not list(scratch.rglob("best.pt"))
     from kit import tracking
 
     client = tracking.configure().MlflowClient()

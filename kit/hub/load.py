@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from kit.tracking.schema import (
     find_train_run,
     fold_models,
     get_run,
+    local_artifact,
     role_of,
     run_config,
     tuned_thresholds,
@@ -142,8 +144,6 @@ def model_of_run(run: Any, *, tta: str | None = None, device: str | None = None)
 
 def _ensemble_of_run(run: Any, device: str | None) -> SegmentationModel:
     """An ensemble run's model: its LightGBM files and the models of the train runs behind its bases."""
-    import mlflow
-
     from kit.ensemble.model import IoUModel
     from kit.ensemble.segmenter import EnsembleSegmenter
 
@@ -156,7 +156,7 @@ def _ensemble_of_run(run: Any, device: str | None) -> SegmentationModel:
         base = model_of_run(get_run(train_id), device=device)
         assert isinstance(base, Segmenter)
         bases.append((name, base))
-    folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=ENSEMBLE_MODEL_DIR)
+    folder = local_artifact(run, ENSEMBLE_MODEL_DIR)
     return EnsembleSegmenter(bases, IoUModel.load(folder))
 
 
@@ -165,13 +165,15 @@ def _from_model_uri(uri: str, tta: str | None, device: str | None) -> Segmentati
     import mlflow
 
     store.configure()
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as exc:  # MLflow raises several types for an unknown name, version or run
-        raise RunNotFoundError(
-            f"cannot load model {uri} from {store.tracking_uri()}: {str(exc).splitlines()[0]}"
-        ) from None
-    folder = local / "artifacts" / KIT_MODEL_ARTIFACT
-    if not (folder / MODEL_FILE).is_file():
-        raise KitError(f"{uri} is not a kit model (no artifacts/{KIT_MODEL_ARTIFACT}/{MODEL_FILE})")
-    return load_model_folder(folder, tta=tta, device=device)
+    # a model URI names a copy that MLflow makes; everything is read into memory before it goes
+    with tempfile.TemporaryDirectory(prefix="kit-model-uri-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except Exception as exc:  # MLflow raises several types for an unknown name, version or run
+            raise RunNotFoundError(
+                f"cannot load model {uri} from {store.tracking_uri()}: {str(exc).splitlines()[0]}"
+            ) from None
+        folder = local / "artifacts" / KIT_MODEL_ARTIFACT
+        if not (folder / MODEL_FILE).is_file():
+            raise KitError(f"{uri} is not a kit model (no artifacts/{KIT_MODEL_ARTIFACT}/{MODEL_FILE})")
+        return load_model_folder(folder, tta=tta, device=device)

@@ -217,6 +217,40 @@ def fold_runs(parent: Any, *, status: str | None = "FINISHED") -> list[Any]:
     )
 
 
+DOWNLOADS_DIR = Path("~/.cache/kit/artifacts")
+"""Where artifacts of runs in a remote store are kept once fetched (`$KIT_ARTIFACTS_CACHE` overrides)."""
+
+
+@quiet_downloads()
+def local_artifact(run: Any, path: str = "") -> Path:
+    """A finished run's artifact `path` (a file or folder; "" = all of them) on the local disk.
+
+    A local store's artifacts are used where they lie. A remote store's are fetched once into
+    `DOWNLOADS_DIR/<run id>/` and reused: MLflow's own download without a destination copies into a new
+    temporary folder on every call and never removes it, which filled /tmp with checkpoints."""
+    import tempfile
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    uri = f"{run.info.artifact_uri.rstrip('/')}/{path}" if path else run.info.artifact_uri
+    if urlparse(uri).scheme in ("", "file") or os.path.isabs(uri):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))  # the path itself, no copy
+    root = Path(os.environ.get("KIT_ARTIFACTS_CACHE", DOWNLOADS_DIR)).expanduser() / run.info.run_id
+    target = root / (path or "artifacts")
+    if not target.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".partial-", dir=root) as partial:
+            fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=partial))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fetched.rename(target)
+            except OSError:  # another process stored it first
+                if not target.exists():
+                    raise
+    return target
+
+
 @quiet_downloads()
 def fold_models(train_run: Any) -> list[FoldModel]:
     """The finished folds of `train_run`, sorted by fold, with their checkpoints available locally."""
@@ -232,7 +266,7 @@ def fold_models(train_run: Any) -> list[FoldModel]:
         run_id = child.info.run_id
         try:
             val_text = mlflow.artifacts.load_text(f"{child.info.artifact_uri}/{VAL_IDS_FILE}")
-            checkpoint = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BEST_CHECKPOINT)
+            checkpoint = local_artifact(child, BEST_CHECKPOINT)
         except Exception as exc:  # MLflow raises several types for a missing artifact
             raise RunNotFoundError(
                 f"fold run {run_id} of train run {train_run.info.run_id} lacks {VAL_IDS_FILE} or "
@@ -306,13 +340,10 @@ def find_predict_run(experiment: str, kinds: str | Sequence[str] = "test", run_i
     return max(runs, key=lambda r: r.info.start_time)
 
 
-@quiet_downloads()
 def run_folder(run: Any) -> Path:
-    """The local folder of a run's artifacts (downloaded when the store is remote)."""
-    import mlflow
-
+    """The local folder of a run's artifacts (fetched once when the store is remote)."""
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id))
+        return local_artifact(run)
     except Exception as exc:  # unreachable store or deleted artifacts
         raise RunNotFoundError(f"cannot read the artifacts of run {run.info.run_id} ({exc})") from None
 
