@@ -221,14 +221,7 @@ def evaluate_command(
         title=f"{cfg.name} {kind.value} (predict run {outcome.predict_run_id[:8]})",
     )
     if outcome.comparison is not None:
-        console.print(
-            frame_table(
-                compare_view(outcome.comparison),
-                title=f"comparison ({kind.value}); missed/extra @0.7",
-                whole=("experiment", "mAP [95% CI]"),
-                compact=True,
-            )
-        )
+        print_comparison(outcome.comparison, f"comparison ({kind.value}); missed/extra @0.7")
     if outcome.breakdown is not None:
         print_frame(
             outcome.breakdown,
@@ -257,6 +250,11 @@ def compare_view(table: pd.DataFrame) -> pd.DataFrame:
     view["extra"] = table["extra_0.7"].astype(int).astype(str)
     view["s/img"] = table["s_per_image"].map("{:.2f}".format)
     return view
+
+
+def print_comparison(table: pd.DataFrame, title: str) -> None:
+    """A comparison's headline columns (`compare_view`) as a compact table, names never wrapped."""
+    console.print(frame_table(compare_view(table), title, whole=("experiment", "mAP [95% CI]"), compact=True))
 
 
 def compare_command(
@@ -297,14 +295,8 @@ def compare_command(
     )
     table = outcome.comparison
     assert table is not None
-    console.print(
-        frame_table(
-            compare_view(table),
-            title=f"{kind.value}: {int(table['images'].iloc[0])} images; Δ against {cfg.name}; missed/extra @0.7",
-            whole=("experiment", "mAP [95% CI]"),
-            compact=True,
-        )
-    )
+    images = int(table["images"].iloc[0])
+    print_comparison(table, f"{kind.value}: {images} images; Δ against {cfg.name}; missed/extra @0.7")
     console.print(
         f"report: {outcome.out_dir}/ (compare.csv, compare_curves.csv, F1/AP curves, errors, gallery); "
         f"MLflow evaluate run {outcome.run_id[:8] if outcome.run_id else ''} in '{cfg.mlflow_experiment}'"
