@@ -185,3 +185,12 @@ def test_candidates_save_and_load_round_trip(tmp_path) -> None:
     back = Candidates.load(tmp_path / "c.npz", "img")
     np.testing.assert_array_equal(back.layers, cands.layers)
     pd.testing.assert_frame_equal(back.table, cands.table, check_dtype=False)
+
+
+def test_source_labels_are_each_sources_own_instances() -> None:
+    cands = _two_source_candidates()
+    a, b = cands.source_labels("a"), cands.source_labels("b")
+    assert set(np.unique(a)) == {0, 1, 2} and set(np.unique(b)) == {0, 7, 9}
+    np.testing.assert_array_equal(a, cands.layers[0])  # level 0, not the re-split layer
+    silent = cands.source_labels("c")  # a source that found nothing
+    assert silent.shape == a.shape and not silent.any()

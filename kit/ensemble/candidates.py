@@ -178,6 +178,13 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.table)
 
+    def source_labels(self, source: str) -> np.ndarray:
+        """The label image of `source`'s own instances (split level 0; all background when it has none)."""
+        rows = self.table[(self.table["source"] == source) & (self.table["split_level"] == 0)]
+        if rows.empty:
+            return np.zeros(self.layers.shape[1:], dtype=np.int32)
+        return self.layers[int(rows["layer"].iloc[0])]
+
     def save(self, path: str | os.PathLike) -> None:
         """Write layers and table to one compressed .npz file."""
         from kit.fileio import atomic_path

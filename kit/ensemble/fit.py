@@ -28,7 +28,7 @@ import pandas as pd
 
 from kit.config import EnsembleConfig, SelectionThresholds
 from kit.ensemble.candidates import Candidates, PredictionSource, SourceRun, image_candidates
-from kit.ensemble.domain import CalibrationDomain, median_area
+from kit.ensemble.domain import CalibrationDomain, source_agreement
 from kit.ensemble.estimate import ScoreEstimator, agreement
 from kit.ensemble.features import candidate_features, feature_names
 from kit.ensemble.model import IoUModel, fit_bagged
@@ -79,7 +79,8 @@ class FittedEnsemble:
         thresholds: SelectionThresholds | None = None,
     ) -> Selection:
         """Choose among the candidates of one image (greedy NMS on predicted IoU, `select_instances`)
-        and estimate its score; `image` (raw) is checked against the calibration domain when given."""
+        and estimate its score; `image` (raw), with the kept instances and how well the sources agree,
+        is checked against the calibration domain when given."""
         used = thresholds or self.thresholds
         labels, kept = select_instances(
             cands.layers,
@@ -90,7 +91,10 @@ class FittedEnsemble:
         )
         kept = kept.join(cands.table[["source", "split_level"]].reset_index(drop=True), on="candidate")
         estimated = self.estimator.image_score(kept["predicted_iou"].to_numpy()) if self.estimator else np.nan
-        flag = self.domain.check(image, median_area(labels))[0] if image is not None and self.domain else ""
+        flag = ""
+        if image is not None and self.domain:
+            agreement = source_agreement([cands.source_labels(s) for s in self.sources])
+            flag = self.domain.check(image, labels, agreement)[0]
         return Selection(labels, kept, float(estimated), flag)
 
     def to_metadata(self) -> dict[str, Any]:
@@ -181,7 +185,9 @@ def fit_ensemble(
     threshold = best_threshold(grid, curve)
     selections, per_image, estimator = _oof_results(ids, at_min, threshold, table, sources, truth_of)
     domain = CalibrationDomain.fit(
-        [image_of(i) for i in ids], [median_area(selections[i].labels) for i in ids]
+        [image_of(i) for i in ids],
+        [selections[i].labels for i in ids],
+        [source_agreement([s.labels(i) for s in sources]) for i in ids],
     )
     fitted = FittedEnsemble(
         model,

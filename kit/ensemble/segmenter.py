@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from kit.config import SelectionThresholds
-from kit.ensemble.candidates import PredictionSource, image_candidates
+from kit.ensemble.candidates import Candidates, PredictionSource, image_candidates
 from kit.ensemble.fit import FittedEnsemble
 from kit.ensemble.model import IoUModel
 from kit.errors import ConfigError
@@ -63,16 +63,15 @@ class EnsembleSegmenter(SegmentationModel):
     def inference_configs(self) -> list[Any]:
         return [base.config.inference for _, base in self.bases]
 
-    def segment(
+    def candidates(
         self,
         image: np.ndarray,
         *,
-        thresholds: SelectionThresholds,
-        tta: str | None,
+        tta: str | None = None,
         intensity_ranges: Mapping[int, tuple[float, float]] | None = None,
-    ) -> Segmentation:
-        """Every base's prediction of the raw image, then the selection among their instances; the
-        `Segmentation`'s scores are the kept instances' predicted IoU, with the image's estimated score."""
+    ) -> Candidates:
+        """Every base's prediction of the raw image, as the candidates (with re-splits) the IoU model
+        chooses among."""
         sources = []
         for name, base in self.bases:
             seg = base.predict(image, tta=tta, details=True, intensity_ranges=intensity_ranges)
@@ -83,7 +82,19 @@ class EnsembleSegmenter(SegmentationModel):
             sources.append(
                 PredictionSource(name, base.thresholds.model_dump(), {_IMAGE: (seg.labels, maps, seg.scores)})
             )
-        cands = image_candidates(_IMAGE, sources, self.fitted.split_thresholds)
+        return image_candidates(_IMAGE, sources, self.fitted.split_thresholds)
+
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        thresholds: SelectionThresholds,
+        tta: str | None,
+        intensity_ranges: Mapping[int, tuple[float, float]] | None = None,
+    ) -> Segmentation:
+        """The selection among the bases' instances (`candidates`); the `Segmentation`'s scores are the
+        kept instances' predicted IoU, with the image's estimated score and its calibration flag."""
+        cands = self.candidates(image, tta=tta, intensity_ranges=intensity_ranges)
         chosen = self.fitted.select(cands, image, thresholds)
         labels, kept = chosen.labels, chosen.kept
         scores = np.zeros(int(labels.max(initial=0)), dtype=np.float32)
