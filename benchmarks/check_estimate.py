@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,12 @@ def _shifts() -> dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, 
     }
 
 
-def _signals(cands, sources: Iterable[str], image: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _signals(
+    source_labels: Sequence[np.ndarray],
+    source_maps: Iterable[dict[str, np.ndarray]],
+    image: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, float]:
     """The signals behind the flag, read without truth (`kit.ensemble.domain`): base-model agreement,
     edge sharpness of the kept instances; and one candidate left out, the share of uncertain pixels
     (0.25–0.75) in a U-Net body map relative to its foreground (fold-averaged test maps run higher than
@@ -79,12 +84,12 @@ def _signals(cands, sources: Iterable[str], image: np.ndarray, labels: np.ndarra
     from kit.ensemble.domain import edge_sharpness, source_agreement
 
     uncertain = np.nan
-    for maps in cands.maps.values():
+    for maps in source_maps:
         if "body" in maps:
             p = maps["body"]
             uncertain = float(((p > 0.25) & (p < 0.75)).sum() / max((p > 0.5).sum(), 1))
     return {
-        "agreement": source_agreement([cands.source_labels(s) for s in sources]),
+        "agreement": source_agreement(source_labels),
         "sharpness": edge_sharpness(image, labels),
         "uncertain": uncertain,
     }
@@ -159,7 +164,12 @@ def main() -> None:
                 "flag": chosen.flag,
                 "mean_predicted_iou": float(chosen.kept["predicted_iou"].mean()) if len(chosen.kept) else 0.0,
                 "n_kept": len(chosen.kept),
-                **_signals(cands, fitted.sources, image, chosen.labels),
+                **_signals(
+                    [cands.source_labels(s) for s in fitted.sources],
+                    cands.maps.values(),
+                    image,
+                    chosen.labels,
+                ),
             }
         )
         r = rows[-1]
@@ -182,18 +192,19 @@ def main() -> None:
                 cache=Path(tmp) / name,
                 progress=False,
             )
+            real = fit.per_image.set_index("image_id")["score"]
             for i in calibration:
                 rows.append(
                     {
                         "case": f"calibration {name}",
                         "image_id": i,
                         "style": style[i],
-                        "real": fit.per_image.set_index("image_id").loc[i, "score"],
+                        "real": real[i],
                         "estimated": fit.selections[i].estimated,
                         "flag": IN_CALIBRATION,
                         **_signals(
-                            image_candidates(i, oof, fit.fitted.split_thresholds),
-                            fit.fitted.sources,
+                            [s.labels(i) for s in oof],
+                            [s.maps(i) for s in oof],
                             image_of(i),
                             fit.selections[i].labels,
                         ),

@@ -93,7 +93,11 @@ class FittedEnsemble:
         estimated = self.estimator.image_score(kept["predicted_iou"].to_numpy()) if self.estimator else np.nan
         flag = ""
         if image is not None and self.domain:
-            agreement = source_agreement([cands.source_labels(s) for s in self.sources])
+            agreement = (
+                source_agreement([cands.source_labels(s) for s in self.sources])
+                if self.domain.agreements
+                else float("nan")
+            )
             flag = self.domain.check(image, labels, agreement)[0]
         return Selection(labels, kept, float(estimated), flag)
 
@@ -181,13 +185,15 @@ def fit_ensemble(
         seed=settings.seed,
     )
     grid = THRESHOLD_GRID if settings.threshold is None else (settings.threshold,)
-    at_min, curve, seconds = _oof_selections(ids, table, cache, truth_of, grid, settings.nms_overlap)
+    at_min, curve, seconds, agreements = _oof_selections(
+        ids, table, cache, truth_of, grid, settings.nms_overlap, names
+    )
     threshold = best_threshold(grid, curve)
     selections, per_image, estimator = _oof_results(ids, at_min, threshold, table, sources, truth_of)
     domain = CalibrationDomain.fit(
         [image_of(i) for i in ids],
         [selections[i].labels for i in ids],
-        [source_agreement([s.labels(i) for s in sources]) for i in ids],
+        agreements,
     )
     fitted = FittedEnsemble(
         model,
@@ -257,11 +263,12 @@ def _oof_selections(
     truth_of: Callable[[str], np.ndarray],
     grid: Sequence[float],
     nms_overlap: float,
-) -> tuple[list[tuple[np.ndarray, pd.DataFrame]], np.ndarray, dict[str, float]]:
+    sources: Sequence[str],
+) -> tuple[list[tuple[np.ndarray, pd.DataFrame]], np.ndarray, dict[str, float], list[float]]:
     """Per OOF image the selection at min(grid) (labels, kept), the mean DSB score over the images at
-    each grid threshold, and each image's selection time (s)."""
+    each grid threshold, each image's selection time (s) and how well its `sources` agree."""
     rows = table.groupby("image_id", sort=False).indices
-    selections, curve, seconds = [], np.zeros(len(grid)), {}
+    selections, curve, seconds, agreements = [], np.zeros(len(grid)), {}, []
     for i, image_id in enumerate(ids):
         cands = Candidates.load(cache / f"{i}.npz", image_id)
         started = time.perf_counter()
@@ -273,7 +280,8 @@ def _oof_selections(
         seconds[image_id] = time.perf_counter() - started
         selections.append((labels, kept))
         curve += threshold_scores(truth_of(image_id), labels, kept, grid)
-    return selections, curve / len(ids), seconds
+        agreements.append(source_agreement([cands.source_labels(s) for s in sources]))
+    return selections, curve / len(ids), seconds, agreements
 
 
 def _oof_results(
