@@ -269,4 +269,9 @@ def print_summary(table) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from kit.errors import KitError
+
+    try:
+        main()
+    except KitError as exc:  # no ensemble / predict run, missing data: one line, not a traceback
+        raise SystemExit(f"check_estimate: {exc}") from None
